@@ -1,0 +1,65 @@
+//! The CPU executor: runs the fused graph in order, freeing each intermediate after its last
+//! reader so peak memory follows the widest point of the graph, not its length.
+
+use crate::error::{Error, Result};
+use crate::graph::{Graph, ValueId};
+use crate::tensor::Tensor;
+
+/// The per-graph execution plan: which values die after each node.
+#[derive(Debug)]
+pub struct Plan {
+    free_after: Vec<Vec<ValueId>>,
+}
+
+impl Plan {
+    /// Plans `g`.
+    pub fn new(g: &Graph) -> Plan {
+        let mut last = vec![None; g.values.len()];
+        for (i, n) in g.nodes.iter().enumerate() {
+            for v in n.inputs.iter().flatten() {
+                last[*v] = Some(i);
+            }
+        }
+        let mut free_after = vec![Vec::new(); g.nodes.len()];
+        for (v, l) in last.into_iter().enumerate() {
+            if let Some(i) = l {
+                if g.values[v].constant.is_none() && !g.outputs.contains(&v) {
+                    free_after[i].push(v);
+                }
+            }
+        }
+        Plan { free_after }
+    }
+
+    /// Runs the graph on `feeds` (value id, tensor) and returns the graph outputs in order.
+    pub fn execute(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>) -> Result<Vec<Tensor>> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];
+        for (v, t) in feeds {
+            slots[v] = Some(t);
+        }
+        for (i, node) in g.nodes.iter().enumerate() {
+            let outs = {
+                let inputs: Vec<Option<&Tensor>> = node
+                    .inputs
+                    .iter()
+                    .map(|v| v.and_then(|v| slots[v].as_ref().or(g.values[v].constant.as_ref())))
+                    .collect();
+                node.op.eval(&inputs, &node.name)?
+            };
+            for (&v, t) in node.outputs.iter().zip(outs) {
+                slots[v] = Some(t);
+            }
+            for &v in &self.free_after[i] {
+                slots[v] = None;
+            }
+        }
+        g.outputs
+            .iter()
+            .map(|&o| {
+                slots[o].take().or_else(|| g.values[o].constant.clone()).ok_or_else(|| {
+                    Error::InvalidModel(format!("output `{}` was not computed", g.values[o].name))
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,137 @@
+//! [`Base`]: a frozen model, loaded once, fused, optionally quantized, and shared read-only by
+//! every session (and later every trainer) through an `Arc`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::graph::{fold, fuse, Graph};
+use crate::onnx::{import::ImportInfo, import_model, proto::ModelProto};
+use crate::ops::Op;
+
+/// How the base's `Linear` weights are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Keep what the model ships: f32 stays f32, ONNX Runtime int8 stays int8.
+    #[default]
+    AsShipped,
+    /// Quantize f32 `Linear` weights to int8 (symmetric, per output channel) at load.
+    Int8,
+}
+
+/// Options for [`Base::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Weight storage.
+    pub weights: WeightFormat,
+    /// Whether to fuse op patterns into `Linear`, `LayerNorm`, `Attention`, ... (on by
+    /// default; off runs the graph exactly as exported, which helps when debugging parity).
+    pub fuse: bool,
+    /// Largest model file accepted, in bytes; protects a phone from a hostile download.
+    pub max_file_bytes: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { weights: WeightFormat::AsShipped, fuse: true, max_file_bytes: 4 << 30 }
+    }
+}
+
+/// A frozen, immutable model.
+#[derive(Debug)]
+pub struct Base {
+    graph: Graph,
+    info: ImportInfo,
+}
+
+impl Base {
+    /// Loads an ONNX model from a file; external data is read only from the file's folder.
+    ///
+    /// ```no_run
+    /// use kilotune::{Base, LoadOptions};
+    /// let base = Base::load("model.onnx", LoadOptions::default())?;
+    /// println!("{} parameters", base.parameter_count());
+    /// # Ok::<(), kilotune::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>, options: LoadOptions) -> Result<Arc<Base>> {
+        let path = path.as_ref();
+        let io = |source| Error::Io { path: path.to_owned(), source };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > options.max_file_bytes {
+            return Err(Error::InvalidModel(format!(
+                "{} is {len} bytes, over the limit of {}",
+                path.display(),
+                options.max_file_bytes
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+        Self::build(&bytes, dir, &options)
+    }
+
+    /// Loads an ONNX model from bytes (external data is refused: there is no folder).
+    pub fn from_bytes(bytes: &[u8], options: LoadOptions) -> Result<Arc<Base>> {
+        if bytes.len() as u64 > options.max_file_bytes {
+            return Err(Error::InvalidModel(format!("{} bytes, over the limit", bytes.len())));
+        }
+        Self::build(bytes, None, &options)
+    }
+
+    fn build(bytes: &[u8], dir: Option<&Path>, options: &LoadOptions) -> Result<Arc<Base>> {
+        let model = ModelProto::decode(bytes)?;
+        let (mut graph, info) = import_model(&model, dir)?;
+        drop(model);
+        fold::fold_constants(&mut graph)?;
+        fold::drop_identities(&mut graph);
+        if options.fuse {
+            fuse::fuse_all(&mut graph, &info)?;
+        }
+        if options.weights == WeightFormat::Int8 {
+            fuse::quantize_linears(&mut graph);
+        }
+        Ok(Arc::new(Base { graph, info }))
+    }
+
+    /// The fused graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The default-domain opset the model was exported with.
+    pub fn opset(&self) -> i64 {
+        self.info.opset
+    }
+
+    /// The producer recorded in the model.
+    pub fn producer(&self) -> &str {
+        &self.info.producer
+    }
+
+    /// Input names in declaration order.
+    pub fn input_names(&self) -> Vec<&str> {
+        self.graph.inputs.iter().map(|i| self.graph.values[i.value].name.as_str()).collect()
+    }
+
+    /// Output names in declaration order.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.graph.outputs.iter().map(|&o| self.graph.values[o].name.as_str()).collect()
+    }
+
+    /// The fused `Linear` layers, in execution order: what LoRA and friends can target.
+    pub fn linears(&self) -> Vec<&crate::ops::Linear> {
+        self.graph.nodes.iter().filter_map(|n| if let Op::Linear(l) = &n.op { Some(l) } else { None }).collect()
+    }
+
+    /// Parameters in the model: constants of f32 or int8 that feed compute, plus fused weights.
+    pub fn parameter_count(&self) -> usize {
+        let consts: usize = self
+            .graph
+            .values
+            .iter()
+            .filter_map(|v| v.constant.as_ref())
+            .filter(|t| matches!(t.dtype(), crate::tensor::DType::F32 | crate::tensor::DType::I8) && t.len() > 1)
+            .map(|t| t.len())
+            .sum();
+        consts + self.linears().iter().map(|l| l.parameter_count()).sum::<usize>()
+    }
+}

@@ -1,0 +1,80 @@
+//! The crate's error type: one rich enum, so every failure a caller can hit is a typed value.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file that could not be read.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a well-formed ONNX protobuf.
+    #[error("malformed ONNX protobuf: {0}")]
+    Protobuf(String),
+    /// The model is valid ONNX but uses an operator kilotune does not implement.
+    #[error("unsupported op `{op}` (node `{node}`, opset {opset})")]
+    UnsupportedOp {
+        /// The ONNX op type, with its domain if not the default one.
+        op: String,
+        /// The node's name.
+        node: String,
+        /// The opset the model imports for that domain.
+        opset: i64,
+    },
+    /// An op is supported but one of its attributes has a value kilotune does not handle.
+    #[error("unsupported attribute `{attribute}` = {value} on op `{op}` (node `{node}`)")]
+    UnsupportedAttribute {
+        /// The ONNX op type.
+        op: String,
+        /// The node's name.
+        node: String,
+        /// The attribute's name.
+        attribute: String,
+        /// Its value, as text.
+        value: String,
+    },
+    /// The model is not one kilotune can run (missing opset, bad graph wiring, unsupported dtype...).
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// An external-data reference points outside the model's folder or cannot be read.
+    #[error("external data `{location}` of tensor `{tensor}`: {reason}")]
+    ExternalData {
+        /// The tensor that refers to external data.
+        tensor: String,
+        /// The location as written in the model.
+        location: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A run was given an input that does not fit the model.
+    #[error("input `{name}`: {reason}")]
+    BadInput {
+        /// The input's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An op met shapes it cannot work with at run time.
+    #[error("node `{node}` ({op}): {reason}")]
+    Shape {
+        /// The node's name.
+        node: String,
+        /// The op type.
+        op: String,
+        /// What did not fit.
+        reason: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

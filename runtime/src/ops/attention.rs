@@ -1,0 +1,98 @@
+//! `Attention`: fused scaled-dot-product attention,
+//! softmax(scale · Q·Kᵀ + mask) · V with padding or causal masks and grouped KV heads.
+//!
+//! The fusion pass finds it from the `Softmax` outward in both exporters' forms: the scale
+//! may be split over Q and K (dynamo), K may arrive transposed in several ways, and the
+//! exporters' `IsNaN`/`Where` guard for fully-masked rows is built into the kernel.
+
+use super::{broadcast, shape_err};
+use crate::error::Result;
+use crate::kernels::attention::{attention_f32, AttentionDims, MaskView};
+use crate::ops::shape::permute;
+use crate::tensor::{shape_of, Tensor};
+
+/// How an operand is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// [batch, heads, seq, head_dim].
+    Bhsd,
+    /// [batch, seq, heads, head_dim] (the projection's output, viewed per head).
+    Bshd,
+}
+
+/// The fused attention op.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    /// The factor on Q·Kᵀ.
+    pub scale: f32,
+    /// Layout of Q.
+    pub q_layout: Layout,
+    /// Layout of K (the un-transposed keys).
+    pub k_layout: Layout,
+    /// Layout of V.
+    pub v_layout: Layout,
+    /// Whether a causal mask applies on top of any given mask.
+    pub causal: bool,
+    /// Whether the output is [B, S, H, D] (the following transpose was absorbed) rather than
+    /// [B, H, S, D].
+    pub out_bshd: bool,
+}
+
+fn to_bhsd(t: &Tensor, layout: Layout, what: &str) -> Result<(Vec<f32>, [usize; 4])> {
+    if t.rank() != 4 {
+        return Err(shape_err(format!("Attention {what}: expected rank 4, got {:?}", t.shape())));
+    }
+    let s = t.shape();
+    let v = t.typed::<f32>(what)?;
+    Ok(match layout {
+        Layout::Bhsd => (v.to_vec(), [s[0], s[1], s[2], s[3]]),
+        Layout::Bshd => (permute(v, s, &[0, 2, 1, 3]), [s[0], s[2], s[1], s[3]]),
+    })
+}
+
+impl Attention {
+    /// Runs the attention.
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (qd, [b, h, sq, d]) = to_bhsd(q, self.q_layout, "Q")?;
+        let (kd, [kb, kh, sk, kdim]) = to_bhsd(k, self.k_layout, "K")?;
+        let (vd, [vb, vh, vs, vdim]) = to_bhsd(v, self.v_layout, "V")?;
+        if kb != b || vb != b || kdim != d || vdim != d || vh != kh || vs != sk || kh == 0 || h % kh != 0 {
+            return Err(shape_err(format!(
+                "Attention: Q {:?}, K {:?}, V {:?} do not fit",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            )));
+        }
+        let dims = AttentionDims { batch: b, heads: h, kv_heads: kh, q_len: sq, kv_len: sk, head_dim: d };
+        let full = [b, h, sq, sk];
+        let mask_owned;
+        let mask_view = match mask {
+            Some(m) => {
+                let bs = broadcast::broadcast_shapes(m.shape(), &full)
+                    .filter(|s| s.as_slice() == full)
+                    .ok_or_else(|| shape_err(format!("Attention mask {:?} does not fit {full:?}", m.shape())))?;
+                let md = m.typed::<f32>("Attention mask")?;
+                let mut st = broadcast::broadcast_strides(m.shape(), &bs);
+                let data: &[f32] = if st[3] == 1 || sk == 1 {
+                    md
+                } else {
+                    // A mask broadcast along keys: materialize rows so the kernel reads them densely.
+                    let e = crate::ops::shape::expand(m, &Tensor::new(&[4], full.iter().map(|&x| x as i64).collect())?)?;
+                    mask_owned = e;
+                    st = broadcast::broadcast_strides(&full, &full);
+                    mask_owned.typed::<f32>("Attention mask")?
+                };
+                Some(MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] })
+            }
+            None => None,
+        };
+        let mut out = vec![0f32; b * sq * h * d];
+        attention_f32(&qd, &kd, &vd, mask_view.as_ref(), self.causal, self.scale, &dims, &mut out);
+        if self.out_bshd {
+            Ok(Tensor::from_parts(shape_of(&[b, sq, h, d])?, out))
+        } else {
+            Ok(Tensor::from_parts(shape_of(&[b, h, sq, d])?, permute(&out, &[b, sq, h, d], &[0, 2, 1, 3])))
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `Linear`: y = x·W (+ b) with a constant weight, f32 or int8 (per-output-channel scales).
+//!
+//! It is the fusion of `MatMul` (+ `Add`) on f32 models, and of ONNX Runtime's
+//! `DynamicQuantizeLinear` → `MatMulInteger` → `Cast` → `Mul` (+ `Add`) on int8 ones. Its name
+//! is the PyTorch module it came from (`encoder.layer.0.attention.self.query`), which is what
+//! PEFT's `target_modules` match.
+
+use std::sync::Arc;
+
+use super::shape_err;
+use crate::error::Result;
+use crate::kernels::gemm_f32::matmul_f32;
+use crate::kernels::gemm_i8::{gemm_u8i8, PackedI8};
+use crate::kernels::quantize::quantize_dynamic_u8;
+use crate::tensor::{shape_of, Tensor};
+
+/// The frozen weight of a [`Linear`].
+#[derive(Clone, Debug)]
+pub enum LinearWeight {
+    /// f32, K×N row-major (ONNX `MatMul` layout).
+    F32(Arc<Vec<f32>>),
+    /// int8, prepacked for the selected kernel; activations are quantized per run, per tensor,
+    /// exactly as ONNX Runtime's `DynamicQuantizeLinear` does.
+    I8(Arc<PackedI8>),
+}
+
+/// A fused linear layer.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// The PyTorch module path (`encoder.layer.0.attention.self.query`), or the node name when
+    /// the model carries none.
+    pub module: String,
+    /// Input features.
+    pub k: usize,
+    /// Output features.
+    pub n: usize,
+    /// The weight.
+    pub weight: LinearWeight,
+    /// The bias, N values.
+    pub bias: Option<Arc<Vec<f32>>>,
+}
+
+impl Linear {
+    /// Whether the weight is int8.
+    pub fn is_int8(&self) -> bool {
+        matches!(self.weight, LinearWeight::I8(_))
+    }
+
+    /// Parameters held (weights + bias).
+    pub fn parameter_count(&self) -> usize {
+        self.k * self.n + self.bias.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// y[..., N] = x[..., K] · W + b.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let v = x.typed::<f32>("Linear input")?;
+        let k = *x.shape().last().ok_or_else(|| shape_err("Linear of a scalar"))?;
+        if k != self.k {
+            return Err(shape_err(format!("Linear `{}`: input has {k} features, weight expects {}", self.module, self.k)));
+        }
+        let m = v.len() / k.max(1);
+        let mut out = vec![0f32; m * self.n];
+        match &self.weight {
+            LinearWeight::F32(w) => {
+                if let Some(b) = &self.bias {
+                    // Seed the output with the bias and accumulate: saves a pass over it.
+                    for row in out.chunks_exact_mut(self.n) {
+                        row.copy_from_slice(b);
+                    }
+                    matmul_f32(v, w, &mut out, m, k, self.n, true);
+                } else {
+                    matmul_f32(v, w, &mut out, m, k, self.n, false);
+                }
+            }
+            LinearWeight::I8(w) => {
+                let mut q = vec![0u8; v.len()];
+                let (scale, zp) = quantize_dynamic_u8(v, &mut q);
+                gemm_u8i8(&q, m, scale, zp, w, self.bias.as_deref().map(|b| b.as_slice()), &mut out);
+            }
+        }
+        let mut shape = x.dims().clone();
+        let last = shape.len() - 1;
+        shape[last] = self.n;
+        Ok(Tensor::from_parts(shape_of(&shape)?, out))
+    }
+
+    /// The weight as f32 K×N (dequantized for int8).
+    pub fn weight_f32(&self) -> Vec<f32> {
+        match &self.weight {
+            LinearWeight::F32(w) => w.to_vec(),
+            LinearWeight::I8(w) => w.dequantize(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::quantize::quantize_weight_per_channel;
+
+    #[test]
+    fn f32_and_int8_linear_agree_within_quantization_error() {
+        let (k, n, m) = (16, 8, 3);
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 10.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
+        let lin = Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.clone())), bias: Some(Arc::new(b.clone())) };
+        let xt = Tensor::new(&[m, k], x.clone()).unwrap();
+        let y = lin.forward(&xt).unwrap();
+        // exact reference
+        for i in 0..m {
+            for j in 0..n {
+                let r: f32 = (0..k).map(|p| x[i * k + p] * w[p * n + j]).sum::<f32>() + b[j];
+                assert!((y.as_slice::<f32>().unwrap()[i * n + j] - r).abs() < 1e-4);
+            }
+        }
+        let (q, s) = quantize_weight_per_channel(&w, k, n);
+        let q8 = Linear { weight: LinearWeight::I8(Arc::new(PackedI8::new(&q, k, n, &s, 0))), ..lin.clone() };
+        let y8 = q8.forward(&xt).unwrap();
+        // int8 error bound: |x|max·|w|max·k/127 per output is generous; here outputs are O(10).
+        for (a, b) in y8.as_slice::<f32>().unwrap().iter().zip(y.as_slice::<f32>().unwrap()) {
+            assert!((a - b).abs() < 0.2, "{a} vs {b}");
+        }
+        assert!(lin.forward(&Tensor::new(&[2, 3], vec![0f32; 6]).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,109 @@
+//! [`Session`]: runs a [`Base`] on named inputs with a thread pool sized by the caller.
+
+use std::sync::Arc;
+
+use crate::backend::cpu::Plan;
+use crate::base::Base;
+use crate::error::{Error, Result};
+use crate::graph::Dim;
+use crate::tensor::Tensor;
+
+/// Settings for a [`Session`].
+#[derive(Clone, Debug, Default)]
+pub struct SessionConfig {
+    /// Worker threads; 0 means one per available core. A phone app owns its cores, so this is
+    /// the caller's choice, never a global.
+    pub threads: usize,
+}
+
+/// Named outputs of a run, in the model's declared order.
+#[derive(Debug, Clone)]
+pub struct Outputs(pub Vec<(String, Tensor)>);
+
+impl Outputs {
+    /// The output called `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+/// Runs a base model. Sessions are cheap; many can share one `Arc<Base>`.
+pub struct Session {
+    base: Arc<Base>,
+    plan: Plan,
+    pool: rayon::ThreadPool,
+}
+
+impl Session {
+    /// A session over `base`.
+    pub fn new(base: Arc<Base>, config: SessionConfig) -> Result<Session> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(config.threads)
+            .thread_name(|i| format!("kilotune-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("thread pool: {e}")))?;
+        let plan = Plan::new(base.graph());
+        Ok(Session { base, plan, pool })
+    }
+
+    /// The base this session runs.
+    pub fn base(&self) -> &Arc<Base> {
+        &self.base
+    }
+
+    /// The number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs the model. Every declared input must be given once, with its declared element type
+    /// and rank; symbolic dims (batch, sequence) may take any size per run.
+    ///
+    /// ```no_run
+    /// use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor};
+    /// let base = Base::load("model.onnx", LoadOptions::default())?;
+    /// let session = Session::new(base, SessionConfig { threads: 2 })?;
+    /// let ids = Tensor::new(&[1, 3], vec![101i64, 7592, 102])?;
+    /// let mask = Tensor::new(&[1, 3], vec![1i64; 3])?;
+    /// let types = Tensor::new(&[1, 3], vec![0i64; 3])?;
+    /// let out = session.run(&[("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types)])?;
+    /// println!("{:?}", out.get("last_hidden_state").map(|t| t.shape().to_vec()));
+    /// # Ok::<(), kilotune::Error>(())
+    /// ```
+    pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Outputs> {
+        let g = self.base.graph();
+        let mut feeds = Vec::with_capacity(g.inputs.len());
+        for (name, _) in inputs {
+            if !g.inputs.iter().any(|i| g.values[i.value].name == *name) {
+                return Err(Error::BadInput { name: (*name).to_owned(), reason: "the model has no such input".into() });
+            }
+        }
+        for info in &g.inputs {
+            let name = &g.values[info.value].name;
+            let mut given = inputs.iter().filter(|(n, _)| n == name);
+            let (_, t) = given
+                .next()
+                .ok_or_else(|| Error::BadInput { name: name.clone(), reason: "missing".into() })?;
+            if given.next().is_some() {
+                return Err(Error::BadInput { name: name.clone(), reason: "given twice".into() });
+            }
+            let bad = |reason: String| Error::BadInput { name: name.clone(), reason };
+            if t.dtype() != info.dtype {
+                return Err(bad(format!("expected {:?}, got {:?}", info.dtype, t.dtype())));
+            }
+            if t.rank() != info.dims.len() {
+                return Err(bad(format!("expected rank {}, got shape {:?}", info.dims.len(), t.shape())));
+            }
+            for (d, (&got, want)) in t.shape().iter().zip(&info.dims).enumerate() {
+                if let Dim::Fixed(w) = want {
+                    if got != *w {
+                        return Err(bad(format!("dim {d} must be {w}, got {got}")));
+                    }
+                }
+            }
+            feeds.push((info.value, t.clone()));
+        }
+        let outs = self.pool.install(|| self.plan.execute(g, feeds))?;
+        Ok(Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()))
+    }
+}
