@@ -1,6 +1,7 @@
 //! Parity of the CPU engine with PyTorch on the tiny fixtures, from both exporters, with and
 //! without fusion; and graph-level checks of what the fusion passes produce.
 
+use kilotune::ops::Op;
 use kilotune::{Base, LoadOptions, Session, SessionConfig};
 use kilotune_tests::{fixtures, load_npy, max_abs_diff_masked};
 
@@ -43,3 +44,39 @@ parity!(bert_dynamo_plain, "tiny-bert", "dynamo", false);
 parity!(bert_legacy_plain, "tiny-bert", "legacy", false);
 parity!(llama_dynamo_plain, "tiny-llama", "dynamo", false);
 parity!(llama_legacy_plain, "tiny-llama", "legacy", false);
+
+/// The model as its fused ops see it: each high-level op in execution order, with the
+/// module name and shape of every `Linear`. Shape plumbing that differs between exporters
+/// (the legacy exporter recomputes shapes with many small ops) is left out.
+fn fused_signature(model: &str, exporter: &str) -> Vec<String> {
+    let base = Base::load(fixtures().join(format!("{model}.{exporter}.onnx")), LoadOptions::default()).unwrap();
+    base.graph()
+        .nodes
+        .iter()
+        .filter(|n| n.op.is_fused())
+        .map(|n| match &n.op {
+            Op::Linear(l) => format!("Linear {} {}x{} bias={}", l.module, l.k, l.n, l.bias.is_some()),
+            Op::Attention(a) => format!("Attention scale={:.6} k={:?}", a.scale, a.k_layout),
+            op => op.name().to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn both_exporters_fuse_to_the_same_graph() {
+    for model in ["tiny-bert", "tiny-llama"] {
+        let dynamo = fused_signature(model, "dynamo");
+        let legacy = fused_signature(model, "legacy");
+        // Everything heavy must be fused: no plain MatMul, Softmax or Erf survives.
+        for e in ["dynamo", "legacy"] {
+            let base = Base::load(fixtures().join(format!("{model}.{e}.onnx")), LoadOptions::default()).unwrap();
+            let left: Vec<_> = base.graph().nodes.iter().map(|n| n.op.name()).filter(|o| ["MatMul", "Softmax", "Erf", "Sqrt", "Sigmoid"].contains(o)).collect();
+            assert!(left.is_empty(), "{model}.{e} left unfused: {left:?}");
+        }
+        let strip = |v: &[String]| v.iter().map(|s| s.replace(" k=Bshd", "").replace(" k=Bhsd", "")).collect::<Vec<_>>();
+        assert_eq!(strip(&dynamo), strip(&legacy), "{model}: dynamo and legacy fuse differently");
+        let linears = dynamo.iter().filter(|s| s.starts_with("Linear")).count();
+        assert_eq!(linears, if model == "tiny-bert" { 12 } else { 15 }, "{dynamo:#?}");
+        assert_eq!(dynamo.iter().filter(|s| s.starts_with("Attention")).count(), 2);
+    }
+}

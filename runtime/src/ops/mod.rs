@@ -112,6 +112,13 @@ pub enum Op {
     Linear(Linear),
     /// Fused scaled-dot-product attention.
     Attention(Attention),
+    /// Row lookup in a constant table (`Gather` on axis 0), f32 or quantized; inputs are the
+    /// table and the ids.
+    Embedding {
+        /// `(scale, zero point)` when the table is stored quantized (ONNX Runtime's
+        /// `Gather` → `DequantizeLinear`).
+        dequant: Option<(f32, i64)>,
+    },
 }
 
 impl Op {
@@ -154,6 +161,7 @@ impl Op {
                 }
             }
             Op::Attention(_) => "Attention",
+            Op::Embedding { .. } => "Embedding",
         }
     }
 
@@ -161,8 +169,14 @@ impl Op {
     pub fn is_fused(&self) -> bool {
         matches!(
             self,
-            Op::Linear(_) | Op::LayerNorm { .. } | Op::RmsNorm { .. } | Op::Gelu { .. } | Op::Silu | Op::Attention(_)
-        ) || matches!(self, Op::Gather(0))
+            Op::Linear(_)
+                | Op::LayerNorm { .. }
+                | Op::RmsNorm { .. }
+                | Op::Gelu { .. }
+                | Op::Silu
+                | Op::Attention(_)
+                | Op::Embedding { .. }
+        )
     }
 
     /// Computes the outputs from the inputs. `node` names the node in errors.
@@ -216,6 +230,16 @@ impl Op {
                 one(quant::dequantize_linear(cx.req(0)?, cx.req(1)?, cx.opt(2), *axis).map_err(|e| cx.wrap(e))?)
             }
             Op::Linear(l) => one(l.forward(cx.req(0)?).map_err(|e| cx.wrap(e))?),
+            Op::Embedding { dequant } => {
+                let rows = gather::gather(cx.req(0)?, cx.req(1)?, 0).map_err(|e| cx.wrap(e))?;
+                match dequant {
+                    None => one(rows),
+                    Some((scale, zp)) => one(
+                        quant::dequantize_linear(&rows, &Tensor::scalar(*scale), Some(&Tensor::scalar(*zp)), 1)
+                            .map_err(|e| cx.wrap(e))?,
+                    ),
+                }
+            }
             Op::Attention(a) => one(a.forward(cx.req(0)?, cx.req(1)?, cx.req(2)?, cx.opt(3)).map_err(|e| cx.wrap(e))?),
         }
     }

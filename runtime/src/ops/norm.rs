@@ -29,21 +29,31 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, axis: i64, 
     Ok(Tensor::from_parts(x.dims().clone(), out))
 }
 
-/// One row of [`layer_norm`] (two passes: mean, then centred variance, for accuracy).
+/// One row of [`layer_norm`].
+///
+/// This is the single-pass form (sequential f32 sums of x and x², var = E[x²] − mean²,
+/// divide by the standard deviation) that ONNX Runtime's CPU kernel uses. Matching its
+/// rounding matters on int8 models: the next op quantizes this output, and a one-ulp
+/// difference that crosses a rounding boundary flips a quantized value and then spreads
+/// through every later layer.
 pub fn layer_norm_row(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let inv = 1.0 / (var + eps).sqrt();
+    let (mut sum, mut sum_sq) = (0f32, 0f32);
+    for &v in x {
+        sum += v;
+        sum_sq += v * v;
+    }
+    let mean = sum / n;
+    let std = (sum_sq / n - mean * mean + eps).sqrt();
     match b {
         Some(b) => {
             for i in 0..x.len() {
-                out[i] = (x[i] - mean) * inv * g[i] + b[i];
+                out[i] = (x[i] - mean) / std * g[i] + b[i];
             }
         }
         None => {
             for i in 0..x.len() {
-                out[i] = (x[i] - mean) * inv * g[i];
+                out[i] = (x[i] - mean) / std * g[i];
             }
         }
     }
