@@ -19,7 +19,12 @@ use crate::error::CliError;
 
 /// Run transformer models from ONNX on the CPU.
 #[derive(Parser, Debug)]
-#[command(name = "kilotune", version, about, propagate_version = true)]
+#[command(
+    name = "kilotune",
+    version,
+    propagate_version = true,
+    after_help = "Example:\n  kilotune inspect model.onnx\n  kilotune embed model.onnx --tokenizer tokenizer.json \"hello world\""
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,14 +33,16 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show a model's inputs, outputs, ops, parameters and targetable Linear layers.
-    #[command(after_help = "Example:\n  kilotune inspect model.onnx --int8\n  kilotune inspect model.onnx --json | jq .linears")]
+    #[command(
+        after_help = "Example:\n  kilotune inspect model.onnx --int8\n  kilotune inspect model.onnx --json | jq .linears"
+    )]
     Inspect(InspectArgs),
     /// Run a model on .npy inputs and write each output as DIR/<output name>.npy.
     #[command(
         after_help = "Example:\n  kilotune run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy \\\n      --input token_type_ids=types.npy --out outputs/"
     )]
     Run(RunArgs),
-    /// Embed texts with a BERT-style encoder: tokenize, run, mean-pool the first output.
+    /// Embed texts with a BERT-style encoder: tokenize, run, mean-pool the hidden states.
     #[command(
         after_help = "Examples:\n  kilotune embed model.onnx --tokenizer tokenizer.json \"hello world\" \"a second sentence\"\n  kilotune embed model.onnx --tokenizer tokenizer.json --file lines.txt --out embeddings.npy"
     )]

@@ -27,8 +27,18 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     check_names(&base.input_names(), &args.inputs)?;
 
     let mut feeds: Vec<(&str, Tensor)> = Vec::with_capacity(args.inputs.len());
+    let graph = base.graph();
     for (name, path) in &args.inputs {
         let t = kilotune::npy::read(path).map_err(|e| CliError::input_file(name, path.clone(), e))?;
+        // The session checks this too, but cannot name the file the tensor came from.
+        let declared = graph.inputs.iter().find(|i| graph.values[i.value].name == *name).map(|i| i.dtype);
+        if let Some(want) = declared.filter(|&d| d != t.dtype()) {
+            return Err(CliError::InputFile {
+                name: name.clone(),
+                path: path.clone(),
+                reason: format!("the model takes {}, the file holds {}", dtype_name(want), dtype_name(t.dtype())),
+            });
+        }
         feeds.push((name.as_str(), t));
     }
 
@@ -37,22 +47,19 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     let outputs = session.run(&feeds)?;
     let run_time = t_run.elapsed();
 
-    std::fs::create_dir_all(&args.out)
-        .map_err(|source| CliError::Io { action: "cannot create", path: args.out.clone(), source })?;
+    std::fs::create_dir_all(&args.out).map_err(|source| CliError::Io {
+        action: "cannot create",
+        path: args.out.clone(),
+        source,
+    })?;
     let names: Vec<&str> = outputs.0.iter().map(|(n, _)| n.as_str()).collect();
     let files = file_names(&names);
     let w = names.iter().map(|n| n.len()).max().unwrap_or(0);
     for ((name, tensor), file) in outputs.0.iter().zip(&files) {
         let path = args.out.join(file);
         kilotune::npy::write(&path, tensor)?;
-        writeln!(
-            out,
-            "{name:<w$}  {:<4}  {:?}  -> {}",
-            dtype_name(tensor.dtype()),
-            tensor.shape(),
-            path.display()
-        )
-        .map_err(CliError::Stdout)?;
+        writeln!(out, "{name:<w$}  {:<4}  {:?}  -> {}", dtype_name(tensor.dtype()), tensor.shape(), path.display())
+            .map_err(CliError::Stdout)?;
     }
     writeln!(
         out,
@@ -140,9 +147,10 @@ mod tests {
             names.iter().map(|n| ((*n).to_owned(), PathBuf::from("x.npy"))).collect()
         };
         assert!(check_names(&declared, &given(&["input_ids", "attention_mask"])).is_ok());
-        let unknown = check_names(&declared, &given(&["input_ids", "attention_mask", "pos"])).unwrap_err();
+        let unknown =
+            check_names(&declared, &given(&["input_ids", "attention_mask", "pos"])).expect_err("pos is not declared");
         assert!(unknown.to_string().contains("its inputs are: input_ids, attention_mask"), "{unknown}");
-        let missing = check_names(&declared, &given(&["input_ids"])).unwrap_err();
+        let missing = check_names(&declared, &given(&["input_ids"])).expect_err("attention_mask is missing");
         assert!(missing.to_string().contains("`attention_mask`"), "{missing}");
         assert!(check_names(&declared, &given(&["input_ids", "input_ids"])).is_err());
     }

@@ -129,7 +129,7 @@ impl Base {
             .values
             .iter()
             .filter_map(|v| v.constant.as_ref())
-            .filter(|t| matches!(t.dtype(), crate::tensor::DType::F32 | crate::tensor::DType::I8) && t.len() > 1)
+            .filter(|t| matches!(t.dtype(), crate::tensor::DType::F32 | crate::tensor::DType::I8 | crate::tensor::DType::U8) && t.len() > 1)
             .map(|t| t.len())
             .sum();
         consts + self.linears().iter().map(|l| l.parameter_count()).sum::<usize>()

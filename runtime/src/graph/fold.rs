@@ -62,7 +62,13 @@ pub fn infer_dtypes(g: &Graph) -> Vec<Option<DType>> {
             Op::ConstantOfShape(v) => Some(v.dtype()),
             Op::MatMulInteger => Some(DType::I32),
             Op::DynamicQuantizeLinear => Some(DType::U8),
-            Op::DequantizeLinear(_) | Op::Linear(_) | Op::Attention(_) | Op::LayerNorm { .. } | Op::RmsNorm { .. } => {
+            Op::DequantizeLinear(_)
+            | Op::Linear(_)
+            | Op::Attention(_)
+            | Op::LayerNorm { .. }
+            | Op::AddLayerNorm { .. }
+            | Op::RmsNorm { .. }
+            | Op::Embedding { .. } => {
                 Some(DType::F32)
             }
             _ => first,

@@ -26,6 +26,7 @@ pub fn fuse_all(g: &mut Graph, info: &ImportInfo) -> Result<()> {
     fuse_silu(g);
     fuse_attention(g);
     fuse_embedding(g);
+    fuse_add_layer_norm(g);
     Ok(())
 }
 
@@ -553,6 +554,37 @@ pub fn fuse_embedding(g: &mut Graph) {
                 }
             }
             _ => {}
+        }
+    }
+    patch.apply(g);
+}
+
+/// A residual `Add` of a projection's output, read only by a `LayerNorm` over the last axis
+/// → `AddLayerNorm` (post-norm blocks: BERT). Pre-norm blocks (Llama) keep the sum for the
+/// next residual, so their `Add` has other readers and stays.
+pub fn fuse_add_layer_norm(g: &mut Graph) {
+    let v = View::new(g);
+    let mut patch = Patch::default();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let Op::LayerNorm { axis: -1, epsilon } = n.op else { continue };
+        let m = || -> Option<Node> {
+            let (_, add) = v.producer(v.input(n, 0)?, |o| is_bin(o, BinaryOp::Add))?;
+            v.sole_consumer(add.outputs[0])?;
+            let (a, b) = (v.input(add, 0)?, v.input(add, 1)?);
+            let from_linear = |x| v.producer(x, |o| matches!(o, Op::Linear(_))).is_some();
+            if v.constant(a).is_some() || v.constant(b).is_some() || !(from_linear(a) || from_linear(b)) {
+                return None;
+            }
+            let (x, skip) = if from_linear(a) { (a, b) } else { (b, a) };
+            Some(Node {
+                name: n.name.clone(),
+                op: Op::AddLayerNorm { epsilon },
+                inputs: vec![Some(x), Some(skip), n.inputs.get(1).copied().flatten(), n.inputs.get(2).copied().flatten()],
+                outputs: n.outputs.clone(),
+            })
+        };
+        if let Some(node) = m() {
+            patch.replace(i, node);
         }
     }
     patch.apply(g);

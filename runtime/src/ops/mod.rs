@@ -92,6 +92,11 @@ pub enum Op {
         /// Variance epsilon.
         epsilon: f32,
     },
+    /// Residual add fused with LayerNorm over the last axis (inputs x, skip, γ, β).
+    AddLayerNorm {
+        /// Variance epsilon.
+        epsilon: f32,
+    },
     /// RMSNorm (fused from `Pow`/`ReduceMean`/`Sqrt`/`Reciprocal`): x / sqrt(mean(x²) + eps) · w.
     RmsNorm {
         /// Variance epsilon.
@@ -149,6 +154,7 @@ impl Op {
             Op::ReduceMean { .. } => "ReduceMean",
             Op::LayerNorm { .. } => "LayerNorm",
             Op::RmsNorm { .. } => "RmsNorm",
+            Op::AddLayerNorm { .. } => "AddLayerNorm",
             Op::Gelu { .. } => "Gelu",
             Op::Silu => "Silu",
             Op::DynamicQuantizeLinear => "DynamicQuantizeLinear",
@@ -172,6 +178,7 @@ impl Op {
             Op::Linear(_)
                 | Op::LayerNorm { .. }
                 | Op::RmsNorm { .. }
+                | Op::AddLayerNorm { .. }
                 | Op::Gelu { .. }
                 | Op::Silu
                 | Op::Attention(_)
@@ -222,6 +229,9 @@ impl Op {
             Op::LayerNorm { axis, epsilon } => {
                 one(norm::layer_norm(cx.req(0)?, cx.req(1)?, cx.opt(2), *axis, *epsilon).map_err(|e| cx.wrap(e))?)
             }
+            Op::AddLayerNorm { epsilon } => one(
+                norm::add_layer_norm(cx.req(0)?, cx.req(1)?, cx.req(2)?, cx.opt(3), *epsilon).map_err(|e| cx.wrap(e))?,
+            ),
             Op::RmsNorm { epsilon } => one(norm::rms_norm(cx.req(0)?, cx.req(1)?, *epsilon).map_err(|e| cx.wrap(e))?),
             Op::Gelu { tanh } => one(elementwise::gelu(cx.req(0)?, *tanh).map_err(|e| cx.wrap(e))?),
             Op::Silu => one(elementwise::silu(cx.req(0)?).map_err(|e| cx.wrap(e))?),

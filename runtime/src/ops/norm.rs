@@ -59,6 +59,54 @@ pub fn layer_norm_row(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &m
     }
 }
 
+/// Residual add fused with LayerNorm: y = LayerNorm(x + skip) over the last axis.
+///
+/// The statistics use Welford's single-pass update in f32, in order, which is what ONNX
+/// Runtime's `SkipLayerNormalization` computes; on int8 models the next op quantizes this
+/// output, so agreeing to the bit keeps the quantized values identical.
+pub fn add_layer_norm(x: &Tensor, skip: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    if x.shape() != skip.shape() {
+        // Only equal shapes are fused; anything else is a graph the pass should not have matched.
+        return Err(shape_err(format!("AddLayerNorm: {:?} + {:?}", x.shape(), skip.shape())));
+    }
+    let d = *x.shape().last().ok_or_else(|| shape_err("AddLayerNorm of a scalar"))?;
+    let (a, s) = (x.typed::<f32>("AddLayerNorm input")?, skip.typed::<f32>("AddLayerNorm skip")?);
+    let g = gamma.typed::<f32>("AddLayerNorm scale")?;
+    let b = beta.map(|b| b.typed::<f32>("AddLayerNorm bias")).transpose()?;
+    if d == 0 || g.len() != d || b.is_some_and(|b| b.len() != d) {
+        return Err(shape_err(format!("AddLayerNorm: scale/bias do not match {d} features")));
+    }
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(a.par_chunks(d * ROWS_PER_TASK).zip(s.par_chunks(d * ROWS_PER_TASK)))
+        .for_each(|(o, (a, s))| {
+            for ((o, a), s) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(s.chunks_exact(d)) {
+                add_layer_norm_row(a, s, g, b, eps, o);
+            }
+        });
+    Ok(Tensor::from_parts(x.dims().clone(), out))
+}
+
+/// One row of [`add_layer_norm`].
+pub fn add_layer_norm_row(x: &[f32], skip: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
+    let (mut mean, mut m2) = (0f32, 0f32);
+    for h in 0..x.len() {
+        let v = x[h] + skip[h];
+        out[h] = v;
+        let d = v - mean;
+        mean += d / (h + 1) as f32;
+        m2 += d * (v - mean);
+    }
+    let std = (m2 / x.len() as f32 + eps).sqrt();
+    for h in 0..x.len() {
+        let y = (out[h] - mean) / std * g[h];
+        out[h] = match b {
+            Some(b) => y + b[h],
+            None => y,
+        };
+    }
+}
+
 /// y = x / sqrt(mean(x²) + eps) · w over the last axis.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let d = *x.shape().last().ok_or_else(|| shape_err("RmsNorm of a scalar"))?;
@@ -95,6 +143,22 @@ mod tests {
         for (a, b) in y.as_slice::<f32>().unwrap().iter().zip(want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn add_layer_norm_equals_add_then_layer_norm() {
+        let x = Tensor::new(&[2, 5], (0..10).map(|i| (i as f32 * 0.37).sin() * 3.0).collect()).unwrap();
+        let s = Tensor::new(&[2, 5], (0..10).map(|i| (i as f32 * 0.11).cos()).collect()).unwrap();
+        let g = Tensor::new(&[5], vec![1.0f32, 0.5, 2.0, -1.0, 1.5]).unwrap();
+        let b = Tensor::new(&[5], vec![0.1f32; 5]).unwrap();
+        let sum = crate::ops::elementwise::binary(crate::ops::BinaryOp::Add, &x, &s).unwrap();
+        let want = layer_norm(&sum, &g, Some(&b), -1, 1e-5).unwrap();
+        let got = add_layer_norm(&x, &s, &g, Some(&b), 1e-5).unwrap();
+        // Welford vs. E[x²]−mean²: the same statistics, different rounding.
+        for (a, b) in got.as_slice::<f32>().unwrap().iter().zip(want.as_slice::<f32>().unwrap()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(add_layer_norm(&x, &b, &g, None, 1e-5).is_err());
     }
 
     #[test]
