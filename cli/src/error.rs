@@ -57,11 +57,10 @@ impl CliError {
         }
     }
 
-    /// A `.npy` read failure for input `name`, without the runtime's generic `input `npy`:`
-    /// prefix (the reader reports format errors as a `BadInput` named "npy").
+    /// A `.npy` read failure for input `name`, naming the input and the file.
     pub fn input_file(name: &str, path: PathBuf, err: kilotune::Error) -> CliError {
         let reason = match err {
-            kilotune::Error::BadInput { reason, .. } => reason,
+            kilotune::Error::Npy(reason) => reason,
             // An I/O error's message already names the path; keep only the OS's reason.
             kilotune::Error::Io { source, .. } => source.to_string(),
             other => other.to_string(),

@@ -128,10 +128,9 @@ fn gather(base: &Base, args: &InspectArgs, threads: usize) -> Report {
     }
 }
 
-/// Lower-case element type names, as NumPy and PyTorch users write them (`i64`, `f32`).
+/// Element type names as NumPy and PyTorch users write them (`i64`, `f32`).
 pub fn dtype_name(d: DType) -> String {
-    // Debug of the variant (`I64`) lower-cased: stays correct if the runtime adds a type.
-    format!("{d:?}").to_lowercase()
+    d.to_string()
 }
 
 fn render(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {

@@ -71,6 +71,9 @@ pub enum Error {
         /// What did not fit.
         reason: String,
     },
+    /// A `.npy` file is malformed or holds a type kilotune does not read.
+    #[error("bad .npy data: {0}")]
+    Npy(String),
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

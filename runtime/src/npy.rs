@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{Data, Tensor};
 
 fn bad(msg: impl Into<String>) -> Error {
-    Error::BadInput { name: "npy".into(), reason: msg.into() }
+    Error::Npy(msg.into())
 }
 
 /// Parses `.npy` bytes.

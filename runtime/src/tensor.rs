@@ -36,6 +36,19 @@ pub enum DType {
     Bool,
 }
 
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::I64 => "i64",
+            DType::I32 => "i32",
+            DType::I8 => "i8",
+            DType::U8 => "u8",
+            DType::Bool => "bool",
+        })
+    }
+}
+
 impl DType {
     /// The ONNX `TensorProto.DataType` code.
     pub fn onnx_code(self) -> i32 {
