@@ -489,7 +489,14 @@ pub fn fuse_attention(g: &mut Graph) {
             let (q, s1) = strip_scale(&v, v.input(qk, 0)?);
             let (kt, s2) = strip_scale(&v, v.input(qk, 1)?);
             let (k, k_layout) = keys_from_transposed(&v, kt)?;
-            let k = if k_layout == Layout::Bhsd { unrepeat_kv(&v, k) } else { k };
+            // Read Q, K, V where the projections left them: a [0, 2, 1, 3] transpose into
+            // per-head layout becomes a stride instead of a copy.
+            let absorb = |x: ValueId| match v.producer(x, |o| matches!(o, Op::Transpose(Some(p)) if p == &[0, 2, 1, 3])) {
+                Some((_, t)) => t.inputs[0].map_or((x, Layout::Bhsd), |src| (src, Layout::Bshd)),
+                None => (x, Layout::Bhsd),
+            };
+            let (q, q_layout) = absorb(q);
+            let (k, k_layout) = if k_layout == Layout::Bhsd { absorb(unrepeat_kv(&v, k)) } else { (k, k_layout) };
             // probabilities, optionally through Where(IsNaN(p), 0, p)
             let p = n.outputs[0];
             let mut probs = p;
@@ -508,12 +515,14 @@ pub fn fuse_attention(g: &mut Graph) {
             if v.input(pv, 0)? != probs {
                 return None;
             }
-            let val = unrepeat_kv(&v, v.input(pv, 1)?);
+            let (val, v_layout) = absorb(unrepeat_kv(&v, v.input(pv, 1)?));
             let (at, out, out_bshd) = match v.sole_consumer(pv.outputs[0]) {
                 Some((ti, t)) if matches!(&t.op, Op::Transpose(Some(p)) if p == &[0, 2, 1, 3]) => (ti, t.outputs[0], true),
                 _ => (pvi, pv.outputs[0], false),
             };
-            let op = Attention { scale: s0 * s1 * s2, q_layout: Layout::Bhsd, k_layout, v_layout: Layout::Bhsd, causal: false, out_bshd };
+            // Scales multiply in the order ONNX Runtime folds them (input side, then output side),
+            // so the product rounds the same.
+            let op = Attention { scale: s1 * s2 * s0, q_layout, k_layout, v_layout, causal: false, out_bshd };
             Some((at, Node { name: n.name.clone(), op: Op::Attention(op), inputs: vec![Some(q), Some(k), Some(val), mask], outputs: vec![out] }))
         };
         if let Some((at, node)) = m() {

@@ -3,11 +3,13 @@
 //!
 //! The fusion pass finds it from the `Softmax` outward in both exporters' forms: the scale
 //! may be split over Q and K (dynamo), K may arrive transposed in several ways, and the
-//! exporters' `IsNaN`/`Where` guard for fully-masked rows is built into the kernel.
+//! exporters' `IsNaN`/`Where` guard for fully-masked rows is built into the kernel. Q, K and V
+//! are read in place, in whichever layout the projections left them: the per-head transposes
+//! of the exported graph are never materialized.
 
 use super::{broadcast, shape_err};
 use crate::error::Result;
-use crate::kernels::attention::{attention_f32, AttentionDims, MaskView};
+use crate::kernels::attention::{attention_f32, AttentionDims, MaskView, Operand, Strides};
 use crate::ops::shape::permute;
 use crate::tensor::{shape_of, Tensor};
 
@@ -38,24 +40,24 @@ pub struct Attention {
     pub out_bshd: bool,
 }
 
-fn to_bhsd(t: &Tensor, layout: Layout, what: &str) -> Result<(Vec<f32>, [usize; 4])> {
+/// (batch, heads, seq, head_dim, strides) of an operand in `layout`.
+fn view(t: &Tensor, layout: Layout, what: &str) -> Result<([usize; 4], Strides)> {
     if t.rank() != 4 {
         return Err(shape_err(format!("Attention {what}: expected rank 4, got {:?}", t.shape())));
     }
     let s = t.shape();
-    let v = t.typed::<f32>(what)?;
     Ok(match layout {
-        Layout::Bhsd => (v.to_vec(), [s[0], s[1], s[2], s[3]]),
-        Layout::Bshd => (permute(v, s, &[0, 2, 1, 3]), [s[0], s[2], s[1], s[3]]),
+        Layout::Bhsd => ([s[0], s[1], s[2], s[3]], Strides::bhsd(s[1], s[2], s[3])),
+        Layout::Bshd => ([s[0], s[2], s[1], s[3]], Strides::bshd(s[2], s[1], s[3])),
     })
 }
 
 impl Attention {
     /// Runs the attention.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (qd, [b, h, sq, d]) = to_bhsd(q, self.q_layout, "Q")?;
-        let (kd, [kb, kh, sk, kdim]) = to_bhsd(k, self.k_layout, "K")?;
-        let (vd, [vb, vh, vs, vdim]) = to_bhsd(v, self.v_layout, "V")?;
+        let ([b, h, sq, d], qs) = view(q, self.q_layout, "Q")?;
+        let ([kb, kh, sk, kdim], ks) = view(k, self.k_layout, "K")?;
+        let ([vb, vh, vs, vdim], vst) = view(v, self.v_layout, "V")?;
         if kb != b || vb != b || kdim != d || vdim != d || vh != kh || vs != sk || kh == 0 || h % kh != 0 {
             return Err(shape_err(format!(
                 "Attention: Q {:?}, K {:?}, V {:?} do not fit",
@@ -87,8 +89,11 @@ impl Attention {
             }
             None => None,
         };
+        let q = Operand { data: q.typed::<f32>("Q")?, strides: qs };
+        let k = Operand { data: k.typed::<f32>("K")?, strides: ks };
+        let v = Operand { data: v.typed::<f32>("V")?, strides: vst };
         let mut out = vec![0f32; b * sq * h * d];
-        attention_f32(&qd, &kd, &vd, mask_view.as_ref(), self.causal, self.scale, &dims, &mut out);
+        attention_f32(q, k, v, mask_view.as_ref(), self.causal, self.scale, &dims, &mut out);
         if self.out_bshd {
             Ok(Tensor::from_parts(shape_of(&[b, sq, h, d])?, out))
         } else {

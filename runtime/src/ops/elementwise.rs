@@ -243,7 +243,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
                 UnaryOp::Neg => |x| -x,
                 UnaryOp::Sqrt => f32::sqrt,
                 UnaryOp::Reciprocal => |x| 1.0 / x,
-                UnaryOp::Erf => libm::erff,
+                UnaryOp::Erf => crate::kernels::activation::erf,
                 UnaryOp::Sigmoid => sigmoid,
                 UnaryOp::Sin => f32::sin,
                 UnaryOp::Cos => f32::cos,
@@ -277,7 +277,9 @@ pub fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
         const C: f32 = 0.797_884_6; // √(2/π)
         v.iter().map(|&x| 0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())).collect()
     } else {
-        v.iter().map(|&x| 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))).collect()
+        let mut out = vec![0f32; v.len()];
+        crate::kernels::activation::gelu(v, &mut out);
+        out
     };
     Ok(Tensor::from_parts(x.dims().clone(), out))
 }

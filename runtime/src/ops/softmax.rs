@@ -4,22 +4,8 @@ use rayon::prelude::*;
 
 use super::norm_axis;
 use crate::error::Result;
+use crate::kernels::softmax::softmax_row;
 use crate::tensor::Tensor;
-
-/// Softmax of one contiguous row in place; a row of all -inf becomes NaN, as in ONNX Runtime
-/// (the exporters guard it with `IsNaN`/`Where` afterwards).
-pub fn softmax_row(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0.0;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
-}
 
 /// `Softmax(x, axis)`.
 pub fn softmax(x: &Tensor, axis: i64) -> Result<Tensor> {
