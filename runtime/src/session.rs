@@ -72,6 +72,30 @@ impl Session {
     /// ```
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Outputs> {
         let g = self.base.graph();
+        let feeds = self.check_inputs(inputs)?;
+        let outs = self.pool.install(|| self.plan.execute(g, feeds))?;
+        Ok(Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()))
+    }
+
+    /// [`Session::run`], also returning the wall time spent in each op type, largest first.
+    pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Outputs, Vec<(String, std::time::Duration)>)> {
+        let g = self.base.graph();
+        let feeds = self.check_inputs(inputs)?;
+        let mut times = vec![std::time::Duration::ZERO; g.nodes.len()];
+        let outs = self.pool.install(|| self.plan.execute_timed(g, feeds, Some(&mut times)))?;
+        let mut per_op: Vec<(String, std::time::Duration)> = Vec::new();
+        for (n, t) in g.nodes.iter().zip(times) {
+            match per_op.iter_mut().find(|(name, _)| name == n.op.name()) {
+                Some((_, total)) => *total += t,
+                None => per_op.push((n.op.name().to_owned(), t)),
+            }
+        }
+        per_op.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok((Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()), per_op))
+    }
+
+    fn check_inputs(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(crate::graph::ValueId, Tensor)>> {
+        let g = self.base.graph();
         let mut feeds = Vec::with_capacity(g.inputs.len());
         for (name, _) in inputs {
             if !g.inputs.iter().any(|i| g.values[i.value].name == *name) {
@@ -103,7 +127,6 @@ impl Session {
             }
             feeds.push((info.value, t.clone()));
         }
-        let outs = self.pool.install(|| self.plan.execute(g, feeds))?;
-        Ok(Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()))
+        Ok(feeds)
     }
 }

@@ -33,11 +33,17 @@ impl Plan {
 
     /// Runs the graph on `feeds` (value id, tensor) and returns the graph outputs in order.
     pub fn execute(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>) -> Result<Vec<Tensor>> {
+        self.execute_timed(g, feeds, None)
+    }
+
+    /// [`Plan::execute`], adding each node's wall time to `times[node index]` when given.
+    pub fn execute_timed(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, mut times: Option<&mut [std::time::Duration]>) -> Result<Vec<Tensor>> {
         let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];
         for (v, t) in feeds {
             slots[v] = Some(t);
         }
         for (i, node) in g.nodes.iter().enumerate() {
+            let start = times.is_some().then(std::time::Instant::now);
             let outs = {
                 let inputs: Vec<Option<&Tensor>> = node
                     .inputs
@@ -51,6 +57,9 @@ impl Plan {
             }
             for &v in &self.free_after[i] {
                 slots[v] = None;
+            }
+            if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
+                t[i] += start.elapsed();
             }
         }
         g.outputs

@@ -54,7 +54,10 @@ pub fn erf(v: f32) -> f32 {
     q = q.mul_add(a, B6);
     q = q.mul_add(a, a);
     let t = (-q).max(EXP_LOWER);
-    let m = LOG2E.mul_add(t, ROUNDING_BIAS) - ROUNDING_BIAS;
+    let biased = LOG2E.mul_add(t, ROUNDING_BIAS);
+    let m = biased - ROUNDING_BIAS;
+    // m as an integer from the mantissa bits (see `softmax::exp_shifted`).
+    let mi = (biased.to_bits() as i32).wrapping_sub(ROUNDING_BIAS.to_bits() as i32);
     let mut f = m.mul_add(LN2_HI, t);
     f = m.mul_add(LN2_LO, f);
     let mut y = E0;
@@ -65,7 +68,7 @@ pub fn erf(v: f32) -> f32 {
     y = y.mul_add(f, 1.0);
     y = y.mul_add(f, 1.0);
     // m is in [−23, −1] here: scaling by 2^m is exact.
-    y *= f32::from_bits(((m as i32 + 127) as u32) << 23);
+    y *= f32::from_bits((mi.wrapping_add(127) as u32) << 23);
     let big = 1.0 - y;
     let res = if a > SPLIT { big } else { small };
     f32::from_bits(res.to_bits() | (v.to_bits() & 0x8000_0000))

@@ -73,51 +73,66 @@ impl Strides {
 /// Keys per P·V accumulation block (ONNX Runtime's SGEMM K-blocking for these shapes).
 const PV_BLOCK: usize = 256;
 
+/// Query rows computed together: independent FMA chains hide the FMA latency.
+const ROWS: usize = 4;
+/// Lanes per vector block (one AVX-512 register of f32).
+const LANES: usize = 16;
+
+/// The first `width` (≤ LANES) values of `src` as one vector block, zero-padded; a full block
+/// is a single load rather than a `memcpy` call.
+#[inline(always)]
+fn lanes(src: &[f32], width: usize) -> [f32; LANES] {
+    if width == LANES {
+        return src[..LANES].try_into().expect("a slice of LANES elements");
+    }
+    let mut out = [0f32; LANES];
+    for (o, &x) in out.iter_mut().zip(&src[..width]) {
+        *o = x;
+    }
+    out
+}
+
 multiversion! {
-    /// Scores of one query row against all keys: s[j] = (q·k_j)·scale (+ mask[j]).
-    fn scores_row(q: &[f32], kt: &[f32], kv_len: usize, scale: f32, mask: Option<&[f32]>, s: &mut [f32]) {
-        s.fill(0.0);
-        for (d, &qd) in q.iter().enumerate() {
-            let krow = &kt[d * kv_len..(d + 1) * kv_len];
-            for (sj, &kj) in s.iter_mut().zip(krow) {
-                *sj = qd.mul_add(kj, *sj);
+    /// Scores of `rows` query rows against keys `j0..j0+LANES` (clipped to `kv_len`):
+    /// s[r][j] = Σ_d q[r][d]·k[j][d], one FMA chain per score in increasing d.
+    /// `q` holds ROWS rows back to back (`head_dim` each; rows past `rows` are computed and
+    /// ignored); `kt` is Kᵀ, [D][kv_len].
+    fn scores_block(q: &[f32], rows: usize, kt: &[f32], kv_len: usize, j0: usize, head_dim: usize, s: &mut [f32]) {
+        let width = LANES.min(kv_len - j0);
+        let mut acc = [[0f32; LANES]; ROWS];
+        for d in 0..head_dim {
+            let k = lanes(&kt[d * kv_len + j0..], width);
+            for r in 0..ROWS {
+                let qd = q[r * head_dim + d];
+                for l in 0..LANES {
+                    acc[r][l] = qd.mul_add(k[l], acc[r][l]);
+                }
             }
         }
-        match mask {
-            Some(m) => {
-                for (sj, &mj) in s.iter_mut().zip(m) {
-                    *sj = *sj * scale + mj;
-                }
-            }
-            None => {
-                for sj in s.iter_mut() {
-                    *sj *= scale;
-                }
-            }
+        for r in 0..rows {
+            s[r * kv_len + j0..r * kv_len + j0 + width].copy_from_slice(&acc[r][..width]);
         }
     }
 }
 
 multiversion! {
-    /// out[t] = Σ_j p[j]·v[j][t], chains of up to 256 keys, each chain added to the running total.
-    /// Row j of V starts at `v[j·row_stride]`.
-    fn weighted_sum(p: &[f32], v: &[f32], row_stride: usize, head_dim: usize, out: &mut [f32], tmp: &mut [f32]) {
-        for (b, pb) in p.chunks(PV_BLOCK).enumerate() {
-            let acc: &mut [f32] = if b == 0 { &mut *out } else { &mut *tmp };
-            acc.fill(0.0);
-            for (jj, &pj) in pb.iter().enumerate() {
-                let j = b * PV_BLOCK + jj;
-                let vrow = &v[j * row_stride..j * row_stride + head_dim];
-                for (a, &vt) in acc.iter_mut().zip(vrow) {
-                    *a = pj.mul_add(vt, *a);
-                }
-            }
-            if b > 0 {
-                for (o, &t) in out.iter_mut().zip(tmp.iter()) {
-                    *o = t + *o;
+    /// out[r][t0..t0+LANES] = Σ_j p[r][j]·v[j][t] for the ROWS rows of `p`, over keys `j0..j1`, one FMA chain per output
+    /// in increasing j. `p` holds ROWS rows of `kv_len` (rows past `rows` are computed and
+    /// ignored); V row j starts at `v[j·row_stride]`.
+    #[allow(clippy::too_many_arguments)]
+    fn weighted_block(p: &[f32], kv_len: usize, j0: usize, j1: usize, v: &[f32], row_stride: usize, t0: usize, head_dim: usize, out: &mut [[f32; LANES]; ROWS]) {
+        let width = LANES.min(head_dim - t0);
+        let mut acc = [[0f32; LANES]; ROWS];
+        for j in j0..j1 {
+            let vv = lanes(&v[j * row_stride + t0..], width);
+            for r in 0..ROWS {
+                let pj = p[r * kv_len + j];
+                for l in 0..LANES {
+                    acc[r][l] = pj.mul_add(vv[l], acc[r][l]);
                 }
             }
         }
+        *out = acc;
     }
 }
 
@@ -168,6 +183,7 @@ pub fn attention_f32(q: Operand<'_>, k: Operand<'_>, v: Operand<'_>, mask: Optio
             let (b, h) = (bh / heads, bh % heads);
             let kvh = h / group;
             let vb = &v.data[v.strides.at(b, kvh, 0)..];
+            debug_assert!(vb.len() >= (kv_len.max(1) - 1) * v.strides.row + head_dim);
             // Kᵀ for this head: [D][Sk], so scores vectorize over keys.
             let mut kt = vec![0f32; head_dim * kv_len];
             for j in 0..kv_len {
@@ -176,34 +192,65 @@ pub fn attention_f32(q: Operand<'_>, k: Operand<'_>, v: Operand<'_>, mask: Optio
                     kt[d * kv_len + j] = x;
                 }
             }
-            let mut s = vec![0f32; kv_len];
-            let mut tmp = vec![0f32; head_dim];
-            let mut causal_mask = vec![0f32; if causal { kv_len } else { 0 }];
+            let mut s = vec![0f32; ROWS * kv_len];
+            let mut causal_row = vec![0f32; kv_len];
             let mut block = vec![0f32; q_len * head_dim];
-            for i in 0..q_len {
-                let qi = &q.data[q.strides.at(b, h, i)..][..head_dim];
-                let mrow = mask.map(|m| {
-                    let o = b * m.batch_stride + h * m.head_stride + i * m.row_stride;
-                    &m.data[o..o + kv_len]
-                });
-                let mrow = if causal {
-                    let visible = i + kv_len.saturating_sub(q_len);
-                    for (j, c) in causal_mask.iter_mut().enumerate() {
-                        let base = mrow.map_or(0.0, |m| m[j]);
-                        *c = if j > visible { f32::NEG_INFINITY } else { base };
-                    }
-                    Some(causal_mask.as_slice())
-                } else {
-                    mrow
-                };
-                scores_row(qi, &kt, kv_len, scale, mrow, &mut s);
-                softmax_row(&mut s);
-                let o = &mut block[i * head_dim..(i + 1) * head_dim];
-                if s.first().is_some_and(|p| p.is_nan()) {
-                    o.fill(0.0); // fully masked row: the exporters' IsNaN guard makes it 0
-                    continue;
+            let mut qrows = vec![0f32; ROWS * head_dim];
+            let mut part = [[0f32; LANES]; ROWS];
+            for i0 in (0..q_len).step_by(ROWS) {
+                let rows = ROWS.min(q_len - i0);
+                for r in 0..rows {
+                    let src = q.strides.at(b, h, i0 + r);
+                    qrows[r * head_dim..(r + 1) * head_dim].copy_from_slice(&q.data[src..src + head_dim]);
                 }
-                weighted_sum(&s, vb, v.strides.row, head_dim, o, &mut tmp);
+                for j0 in (0..kv_len).step_by(LANES) {
+                    scores_block(&qrows, rows, &kt, kv_len, j0, head_dim, &mut s);
+                }
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let srow = &mut s[r * kv_len..(r + 1) * kv_len];
+                    let mrow = mask.map(|m| {
+                        let o = b * m.batch_stride + h * m.head_stride + i * m.row_stride;
+                        &m.data[o..o + kv_len]
+                    });
+                    let mrow = if causal {
+                        let visible = i + kv_len.saturating_sub(q_len);
+                        for (j, c) in causal_row.iter_mut().enumerate() {
+                            *c = if j > visible { f32::NEG_INFINITY } else { mrow.map_or(0.0, |m| m[j]) };
+                        }
+                        Some(causal_row.as_slice())
+                    } else {
+                        mrow
+                    };
+                    // The scale multiplies the finished dot product; the mask is added after.
+                    match mrow {
+                        Some(m) => srow.iter_mut().zip(m).for_each(|(x, &mj)| *x = *x * scale + mj),
+                        None => srow.iter_mut().for_each(|x| *x *= scale),
+                    }
+                    softmax_row(srow);
+                }
+                for t0 in (0..head_dim).step_by(LANES) {
+                    let width = LANES.min(head_dim - t0);
+                    for (c, j0) in (0..kv_len).step_by(PV_BLOCK).enumerate() {
+                        let j1 = (j0 + PV_BLOCK).min(kv_len);
+                        weighted_block(&s, kv_len, j0, j1, vb, v.strides.row, t0, head_dim, &mut part);
+                        for r in 0..rows {
+                            let o = &mut block[(i0 + r) * head_dim + t0..(i0 + r) * head_dim + t0 + width];
+                            if c == 0 {
+                                o.copy_from_slice(&part[r][..width]);
+                            } else {
+                                // Each further block of keys is added to the running total once.
+                                o.iter_mut().zip(&part[r][..width]).for_each(|(o, &x)| *o = x + *o);
+                            }
+                        }
+                    }
+                }
+                for r in 0..rows {
+                    // A fully masked row (softmax NaN): the exporters' IsNaN guard makes it 0.
+                    if s[r * kv_len].is_nan() {
+                        block[(i0 + r) * head_dim..(i0 + r + 1) * head_dim].fill(0.0);
+                    }
+                }
             }
             (b, h, block)
         })

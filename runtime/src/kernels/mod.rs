@@ -20,7 +20,8 @@
 //!   `quantize_weight_per_channel`.
 //! - [`attention`]: `attention_f32`, softmax(scale·QKᵀ + mask)·V with GQA, reading Q, K
 //!   and V through strides.
-//! - [`softmax`] and [`activation`]: softmax rows and exact GELU.
+//! - [`softmax`], [`activation`] and [`norm`]: softmax rows, exact GELU, LayerNorm (plain
+//!   and residual) and RMSNorm.
 //!
 //! Numerics: where ONNX Runtime is the outside truth (int8 models, which re-quantize every
 //! activation), the float kernels use its operation order and polynomials, so a one-ulp
@@ -31,6 +32,7 @@ pub mod activation;
 pub mod attention;
 pub mod gemm_f32;
 pub mod gemm_i8;
+pub mod norm;
 pub mod quantize;
 pub(crate) mod simd;
 pub mod softmax;

@@ -28,6 +28,9 @@ pub fn exp_shifted(x: f32, neg_max: f32) -> f32 {
     t = if LOWER_RANGE > t { LOWER_RANGE } else { t };
     let biased = LOG2E.mul_add(t, ROUNDING_BIAS);
     let m = biased - ROUNDING_BIAS;
+    // m as an integer, read from the low mantissa bits of `biased` (exact for |m| < 2^22);
+    // a float→int `as` cast would saturate and keep the loop from vectorizing.
+    let mi = (biased.to_bits() as i32).wrapping_sub(ROUNDING_BIAS.to_bits() as i32);
     t = m.mul_add(LN2_HI, t);
     t = m.mul_add(LN2_LO, t);
     let mut p = P0;
@@ -38,21 +41,8 @@ pub fn exp_shifted(x: f32, neg_max: f32) -> f32 {
     p = p.mul_add(t, 1.0);
     p = p.mul_add(t, 1.0);
     // 2^m for m in [−150, 0] is exact in f64; one rounding back to f32 (subnormals included).
-    let scale = f64::from_bits(((m as i64 + 1023) as u64) << 52);
+    let scale = f64::from_bits(((i64::from(mi) + 1023) as u64) << 52);
     (f64::from(p) * scale) as f32
-}
-
-/// The sum of `y` in 16 lanes (lane l takes every 16th element from l), folded pairwise.
-#[inline(always)]
-fn lane_sum(y: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    for chunk in y.chunks(16) {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v;
-        }
-    }
-    let s: [f32; 8] = std::array::from_fn(|l| acc[l + 8] + acc[l]);
-    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 }
 
 multiversion! {
@@ -62,12 +52,36 @@ multiversion! {
         if row.is_empty() {
             return;
         }
-        let max = row.iter().fold(f32::MIN, |a, &b| if b > a { b } else { a });
-        let neg_max = -max;
-        for v in row.iter_mut() {
-            *v = exp_shifted(*v, neg_max);
+        // Work in 16-lane blocks: lane l accumulates elements l, l+16, l+32, ... (the sum
+        // order that must be kept), and fixed-width blocks are what the vectorizer wants.
+        let mut mx = [f32::MIN; 16];
+        let mut blocks = row.chunks_exact(16);
+        for b in &mut blocks {
+            for l in 0..16 {
+                mx[l] = if b[l] > mx[l] { b[l] } else { mx[l] };
+            }
         }
-        let scale = 1.0 / lane_sum(row);
+        let mut max = mx.iter().fold(f32::MIN, |a, &b| if b > a { b } else { a });
+        for &v in blocks.remainder() {
+            max = if v > max { v } else { max };
+        }
+        let neg_max = -max;
+        let mut acc = [0f32; 16];
+        let mut blocks = row.chunks_exact_mut(16);
+        for b in &mut blocks {
+            for l in 0..16 {
+                let e = exp_shifted(b[l], neg_max);
+                b[l] = e;
+                acc[l] += e;
+            }
+        }
+        for (l, v) in blocks.into_remainder().iter_mut().enumerate() {
+            *v = exp_shifted(*v, neg_max);
+            acc[l] += *v;
+        }
+        let s: [f32; 8] = std::array::from_fn(|l| acc[l + 8] + acc[l]);
+        let sum = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+        let scale = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= scale;
         }

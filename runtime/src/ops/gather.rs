@@ -46,6 +46,44 @@ pub fn gather(x: &Tensor, indices: &Tensor, axis: i64) -> Result<Tensor> {
     }
 }
 
+/// `Embedding`: rows of a 2-D table for each id, dequantized on the way when the table is
+/// int8/uint8 with a per-tensor (scale, zero point), as ONNX Runtime's `DequantizeLinear`
+/// computes it: (q − zp) · scale.
+pub fn embedding(table: &Tensor, ids: &Tensor, dequant: Option<(f32, i64)>) -> Result<Tensor> {
+    let (rows, dim) = match table.shape() {
+        [r, d] => (*r, *d),
+        s => return Err(shape_err(format!("Embedding table must be 2-D, got {s:?}"))),
+    };
+    let idx = ids.to_i64_vec("Embedding ids")?;
+    let mut shape: Vec<usize> = ids.shape().to_vec();
+    shape.push(dim);
+    let shape = shape_of(&shape)?;
+    let row_of = |i: i64| resolve(i, rows);
+    let mut out = Vec::with_capacity(idx.len() * dim);
+    match (table.data(), dequant) {
+        (Data::F32(t), None) => {
+            for &i in &idx {
+                let r = row_of(i)?;
+                out.extend_from_slice(&t[r * dim..(r + 1) * dim]);
+            }
+        }
+        (Data::U8(t), Some((scale, zp))) => {
+            for &i in &idx {
+                let r = row_of(i)?;
+                out.extend(t[r * dim..(r + 1) * dim].iter().map(|&q| (i32::from(q) - zp as i32) as f32 * scale));
+            }
+        }
+        (Data::I8(t), Some((scale, zp))) => {
+            for &i in &idx {
+                let r = row_of(i)?;
+                out.extend(t[r * dim..(r + 1) * dim].iter().map(|&q| (i32::from(q) - zp as i32) as f32 * scale));
+            }
+        }
+        _ => return Err(shape_err(format!("Embedding of a {:?} table", table.dtype()))),
+    }
+    Ok(Tensor::from_parts(shape, out))
+}
+
 fn gather_nd_typed<T: Element>(x: &[T], shape: &[usize], idx: &[i64], r: usize, out: Shape) -> Result<Tensor> {
     let inner: usize = shape[r..].iter().product();
     let mut v = Vec::with_capacity(numel(&out));

@@ -240,16 +240,7 @@ impl Op {
                 one(quant::dequantize_linear(cx.req(0)?, cx.req(1)?, cx.opt(2), *axis).map_err(|e| cx.wrap(e))?)
             }
             Op::Linear(l) => one(l.forward(cx.req(0)?).map_err(|e| cx.wrap(e))?),
-            Op::Embedding { dequant } => {
-                let rows = gather::gather(cx.req(0)?, cx.req(1)?, 0).map_err(|e| cx.wrap(e))?;
-                match dequant {
-                    None => one(rows),
-                    Some((scale, zp)) => one(
-                        quant::dequantize_linear(&rows, &Tensor::scalar(*scale), Some(&Tensor::scalar(*zp)), 1)
-                            .map_err(|e| cx.wrap(e))?,
-                    ),
-                }
-            }
+            Op::Embedding { dequant } => one(gather::embedding(cx.req(0)?, cx.req(1)?, *dequant).map_err(|e| cx.wrap(e))?),
             Op::Attention(a) => one(a.forward(cx.req(0)?, cx.req(1)?, cx.req(2)?, cx.opt(3)).map_err(|e| cx.wrap(e))?),
         }
     }

@@ -1,13 +1,15 @@
-//! Normalizations: `LayerNorm` (ONNX `LayerNormalization` and its decomposed form) and
-//! `RmsNorm` (Llama), both over the trailing axes, rows in parallel.
+//! Normalizations: `LayerNorm` (ONNX `LayerNormalization` and its decomposed form),
+//! `AddLayerNorm` (residual add + LayerNorm) and `RmsNorm` (Llama), over the trailing axes,
+//! blocks of rows in parallel. The arithmetic lives in [`crate::kernels::norm`].
 
 use rayon::prelude::*;
 
 use super::{norm_axis, shape_err};
 use crate::error::Result;
+use crate::kernels::norm as kernels;
 use crate::tensor::Tensor;
 
-/// Rows per parallel task: enough work to amortize scheduling.
+/// Rows per parallel task: one block of the kernels' 16 lanes.
 const ROWS_PER_TASK: usize = 16;
 
 /// y = (x - mean) / sqrt(var + eps) · gamma + beta over axes `axis..`.
@@ -21,49 +23,13 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, axis: i64, 
         return Err(shape_err(format!("LayerNorm: scale/bias do not match {d} features")));
     }
     let mut out = vec![0f32; v.len()];
-    out.par_chunks_mut(d * ROWS_PER_TASK).zip(v.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
-        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            layer_norm_row(x, g, b, eps, o);
-        }
-    });
+    out.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(v.par_chunks(d * ROWS_PER_TASK))
+        .for_each(|(o, x)| kernels::layer_norm_block(x, d, g, b, eps, o));
     Ok(Tensor::from_parts(x.dims().clone(), out))
 }
 
-/// One row of [`layer_norm`].
-///
-/// This is the single-pass form (sequential f32 sums of x and x², var = E[x²] − mean²,
-/// divide by the standard deviation) that ONNX Runtime's CPU kernel uses. Matching its
-/// rounding matters on int8 models: the next op quantizes this output, and a one-ulp
-/// difference that crosses a rounding boundary flips a quantized value and then spreads
-/// through every later layer.
-pub fn layer_norm_row(x: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
-    let n = x.len() as f32;
-    let (mut sum, mut sum_sq) = (0f32, 0f32);
-    for &v in x {
-        sum += v;
-        sum_sq += v * v;
-    }
-    let mean = sum / n;
-    let std = (sum_sq / n - mean * mean + eps).sqrt();
-    match b {
-        Some(b) => {
-            for i in 0..x.len() {
-                out[i] = (x[i] - mean) / std * g[i] + b[i];
-            }
-        }
-        None => {
-            for i in 0..x.len() {
-                out[i] = (x[i] - mean) / std * g[i];
-            }
-        }
-    }
-}
-
 /// Residual add fused with LayerNorm: y = LayerNorm(x + skip) over the last axis.
-///
-/// The statistics use Welford's single-pass update in f32, in order, which is what ONNX
-/// Runtime's `SkipLayerNormalization` computes; on int8 models the next op quantizes this
-/// output, so agreeing to the bit keeps the quantized values identical.
 pub fn add_layer_norm(x: &Tensor, skip: &Tensor, gamma: &Tensor, beta: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     if x.shape() != skip.shape() {
         // Only equal shapes are fused; anything else is a graph the pass should not have matched.
@@ -79,32 +45,8 @@ pub fn add_layer_norm(x: &Tensor, skip: &Tensor, gamma: &Tensor, beta: Option<&T
     let mut out = vec![0f32; a.len()];
     out.par_chunks_mut(d * ROWS_PER_TASK)
         .zip(a.par_chunks(d * ROWS_PER_TASK).zip(s.par_chunks(d * ROWS_PER_TASK)))
-        .for_each(|(o, (a, s))| {
-            for ((o, a), s) in o.chunks_exact_mut(d).zip(a.chunks_exact(d)).zip(s.chunks_exact(d)) {
-                add_layer_norm_row(a, s, g, b, eps, o);
-            }
-        });
+        .for_each(|(o, (a, s))| kernels::add_layer_norm_block(a, s, d, g, b, eps, o));
     Ok(Tensor::from_parts(x.dims().clone(), out))
-}
-
-/// One row of [`add_layer_norm`].
-pub fn add_layer_norm_row(x: &[f32], skip: &[f32], g: &[f32], b: Option<&[f32]>, eps: f32, out: &mut [f32]) {
-    let (mut mean, mut m2) = (0f32, 0f32);
-    for h in 0..x.len() {
-        let v = x[h] + skip[h];
-        out[h] = v;
-        let d = v - mean;
-        mean += d / (h + 1) as f32;
-        m2 += d * (v - mean);
-    }
-    let std = (m2 / x.len() as f32 + eps).sqrt();
-    for h in 0..x.len() {
-        let y = (out[h] - mean) / std * g[h];
-        out[h] = match b {
-            Some(b) => y + b[h],
-            None => y,
-        };
-    }
 }
 
 /// y = x / sqrt(mean(x²) + eps) · w over the last axis.
@@ -116,15 +58,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         return Err(shape_err(format!("RmsNorm: weight of {} for {d} features", w.len())));
     }
     let mut out = vec![0f32; v.len()];
-    out.par_chunks_mut(d * ROWS_PER_TASK).zip(v.par_chunks(d * ROWS_PER_TASK)).for_each(|(o, x)| {
-        for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            let ms = x.iter().map(|&v| v * v).sum::<f32>() / d as f32;
-            let inv = 1.0 / (ms + eps).sqrt();
-            for i in 0..d {
-                o[i] = w[i] * (x[i] * inv);
-            }
-        }
-    });
+    out.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(v.par_chunks(d * ROWS_PER_TASK))
+        .for_each(|(o, x)| kernels::rms_norm_rows(x, d, w, eps, o));
     Ok(Tensor::from_parts(x.dims().clone(), out))
 }
 
