@@ -90,7 +90,7 @@ impl Session {
                 None => per_op.push((n.op.name().to_owned(), t)),
             }
         }
-        per_op.sort_by(|a, b| b.1.cmp(&a.1));
+        per_op.sort_by_key(|p| std::cmp::Reverse(p.1));
         Ok((Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()), per_op))
     }
 

@@ -240,7 +240,7 @@ pub fn attention_f32(q: Operand<'_>, k: Operand<'_>, v: Operand<'_>, mask: Optio
                                 o.copy_from_slice(&part[r][..width]);
                             } else {
                                 // Each further block of keys is added to the running total once.
-                                o.iter_mut().zip(&part[r][..width]).for_each(|(o, &x)| *o = x + *o);
+                                o.iter_mut().zip(&part[r][..width]).for_each(|(o, &x)| *o += x);
                             }
                         }
                     }

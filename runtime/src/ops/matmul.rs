@@ -7,8 +7,11 @@ use crate::error::Result;
 use crate::kernels::gemm_f32::matmul_f32;
 use crate::tensor::{shape_of, Tensor, MAX_RANK};
 
+/// How two operands multiply: batch shapes, m, k, n, and which side was a vector.
+type MatMulPlan = (Vec<usize>, Vec<usize>, usize, usize, usize, bool, bool);
+
 /// Splits two operands into (batch shapes, m, k, n) following NumPy's matmul rules.
-fn plan(a: &[usize], b: &[usize]) -> Result<(Vec<usize>, Vec<usize>, usize, usize, usize, bool, bool)> {
+fn plan(a: &[usize], b: &[usize]) -> Result<MatMulPlan> {
     if a.is_empty() || b.is_empty() {
         return Err(shape_err("MatMul of a scalar"));
     }

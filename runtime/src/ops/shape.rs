@@ -33,7 +33,7 @@ pub fn reshape(x: &Tensor, target: &Tensor, allowzero: bool) -> Result<Tensor> {
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || x.len() % known != 0 {
+        if known == 0 || !x.len().is_multiple_of(known) {
             return Err(shape_err(format!("Reshape: cannot infer -1 in {t:?} for {:?}", x.shape())));
         }
         out[i] = x.len() / known;
