@@ -38,3 +38,14 @@ fn minilm_int8_matches_onnx_runtime_int8_cosine() {
     println!("MiniLM int8: min cosine vs ORT int8 = {c}, max |Δ| = {d:e}");
     assert!(c >= 0.9999, "min cosine {c}");
 }
+
+#[test]
+fn minilm_quantized_at_load_stays_close_to_fp32() {
+    let (got, mask) = minilm("model.onnx", WeightFormat::Int8);
+    let want = load_npy(shared().join("models/minilm-l6/reference/last_hidden_state_ort.npy"));
+    let c = min_cosine_masked(&got, &want, &mask);
+    println!("MiniLM quantized at load: min cosine vs ORT fp32 = {c}");
+    // Per-channel weights keep closer to fp32 than ONNX Runtime's own per-tensor int8 export,
+    // whose worst token reaches only 0.888 against the same fp32 output; measured here: 0.977.
+    assert!(c >= 0.95, "min cosine {c}");
+}

@@ -384,3 +384,117 @@ pub fn import_model(model: &ModelProto, dir: Option<&Path>) -> Result<(Graph, Im
     }
     Ok((g, info))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal protobuf writer, enough to build hostile or unusual models by hand.
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn field_bytes(n: u32, b: &[u8], out: &mut Vec<u8>) {
+        varint(u64::from(n << 3 | 2), out);
+        varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+    fn field_int(n: u32, v: i64, out: &mut Vec<u8>) {
+        varint(u64::from(n << 3), out);
+        varint(v as u64, out);
+    }
+    fn value_info(name: &str) -> Vec<u8> {
+        let mut dim = Vec::new();
+        field_bytes(2, b"n", &mut dim);
+        let mut shape = Vec::new();
+        field_bytes(1, &dim, &mut shape);
+        let mut tensor = Vec::new();
+        field_int(1, 1, &mut tensor);
+        field_bytes(2, &shape, &mut tensor);
+        let mut ty = Vec::new();
+        field_bytes(1, &tensor, &mut ty);
+        let mut v = Vec::new();
+        field_bytes(1, name.as_bytes(), &mut v);
+        field_bytes(2, &ty, &mut v);
+        v
+    }
+    /// A one-node model `y = OP(x)` with optional int attribute.
+    fn model(op: &str, opset: i64, attr: Option<(&str, i64)>) -> Vec<u8> {
+        let mut node = Vec::new();
+        field_bytes(1, b"x", &mut node);
+        field_bytes(2, b"y", &mut node);
+        field_bytes(3, b"the_node", &mut node);
+        field_bytes(4, op.as_bytes(), &mut node);
+        if let Some((name, v)) = attr {
+            let mut a = Vec::new();
+            field_bytes(1, name.as_bytes(), &mut a);
+            field_int(3, v, &mut a);
+            field_int(20, 2, &mut a);
+            field_bytes(5, &a, &mut node);
+        }
+        let mut graph = Vec::new();
+        field_bytes(1, &node, &mut graph);
+        field_bytes(11, &value_info("x"), &mut graph);
+        field_bytes(12, &value_info("y"), &mut graph);
+        let mut opset_id = Vec::new();
+        field_int(2, opset, &mut opset_id);
+        let mut m = Vec::new();
+        field_int(1, 9, &mut m);
+        field_bytes(7, &graph, &mut m);
+        field_bytes(8, &opset_id, &mut m);
+        m
+    }
+
+    fn import(bytes: &[u8]) -> Result<Graph> {
+        import_model(&ModelProto::decode(bytes)?, None).map(|(g, _)| g)
+    }
+
+    #[test]
+    fn a_supported_one_node_model_imports() {
+        let g = import(&model("Relu", 17, None)).unwrap();
+        assert_eq!(g.nodes.len(), 1);
+        assert_eq!(g.inputs.len(), 1);
+        assert_eq!(g.inputs[0].dims, vec![Dim::Symbol("n".into())]);
+    }
+
+    #[test]
+    fn unsupported_op_names_op_node_and_opset() {
+        match import(&model("NonMaxSuppression", 17, None)) {
+            Err(Error::UnsupportedOp { op, node, opset }) => {
+                assert_eq!((op.as_str(), node.as_str(), opset), ("NonMaxSuppression", "the_node", 17));
+            }
+            other => panic!("expected UnsupportedOp, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_attribute_is_refused_at_load() {
+        match import(&model("Relu", 17, Some(("alpha", 3)))) {
+            Err(Error::UnsupportedAttribute { op, attribute, .. }) => assert_eq!((op.as_str(), attribute.as_str()), ("Relu", "alpha")),
+            other => panic!("expected UnsupportedAttribute, got {other:?}"),
+        }
+        match import(&model("GatherND", 17, Some(("batch_dims", 1)))) {
+            Err(Error::UnsupportedAttribute { attribute, value, .. }) => assert_eq!((attribute.as_str(), value.as_str()), ("batch_dims", "1")),
+            other => panic!("expected UnsupportedAttribute, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn opsets_outside_13_to_21_are_refused() {
+        for opset in [12, 22] {
+            assert!(matches!(import(&model("Relu", opset, None)), Err(Error::InvalidModel(m)) if m.contains("opset")));
+        }
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_protobuf_errors() {
+        let m = model("Relu", 17, None);
+        for cut in [1, m.len() / 2, m.len() - 1] {
+            assert!(import(&m[..cut]).is_err(), "truncated at {cut}");
+        }
+        assert!(matches!(import(b"\xff\xff\xff"), Err(Error::Protobuf(_))));
+    }
+}
