@@ -70,7 +70,7 @@ fn both_exporters_fuse_to_the_same_graph() {
         // Everything heavy must be fused: no plain MatMul, Softmax or Erf survives.
         for e in ["dynamo", "legacy"] {
             let base = Base::load(fixtures().join(format!("{model}.{e}.onnx")), LoadOptions::default()).unwrap();
-            let left: Vec<_> = base.graph().nodes.iter().map(|n| n.op.name()).filter(|o| ["MatMul", "Softmax", "Erf", "Sqrt", "Sigmoid"].contains(o)).collect();
+            let left: Vec<_> = base.graph().nodes.iter().map(|n| n.op.name()).filter(|o| ["MatMul", "Softmax", "Erf", "Sqrt", "Sigmoid", "Neg"].contains(o)).collect();
             assert!(left.is_empty(), "{model}.{e} left unfused: {left:?}");
         }
         let strip = |v: &[String]| v.iter().map(|s| s.replace(" k=Bshd", "").replace(" k=Bhsd", "")).collect::<Vec<_>>();
@@ -78,6 +78,8 @@ fn both_exporters_fuse_to_the_same_graph() {
         let linears = dynamo.iter().filter(|s| s.starts_with("Linear")).count();
         assert_eq!(linears, if model == "tiny-bert" { 12 } else { 15 }, "{dynamo:#?}");
         assert_eq!(dynamo.iter().filter(|s| s.starts_with("Attention")).count(), 2);
+        let rotary = dynamo.iter().filter(|s| s.as_str() == "Rotary").count();
+        assert_eq!(rotary, if model == "tiny-llama" { 4 } else { 0 }, "rotary on Q and K of each layer");
     }
 }
 

@@ -24,6 +24,7 @@ pub fn fuse_all(g: &mut Graph, info: &ImportInfo) -> Result<()> {
     fuse_rms_norm(g);
     fuse_gelu(g);
     fuse_silu(g);
+    fuse_rotary(g);
     fuse_attention(g);
     fuse_embedding(g);
     fuse_add_layer_norm(g);
@@ -400,6 +401,69 @@ pub fn fuse_silu(g: &mut Graph) {
         let (a, b) = (mul.inputs[0], mul.inputs[1]);
         if (a == Some(x) && b == Some(n.outputs[0])) || (b == Some(x) && a == Some(n.outputs[0])) {
             patch.replace(mi, Node { name: mul.name.clone(), op: Op::Silu, inputs: vec![Some(x)], outputs: vec![mul.outputs[0]] });
+        }
+    }
+    patch.apply(g);
+}
+
+/// Rotary embeddings, x·cos + concat(−x[h..], x[..h])·sin → `Rotary` (the slices' bounds,
+/// constant or computed from the shape, become its inputs).
+pub fn fuse_rotary(g: &mut Graph) {
+    let v = View::new(g);
+    let mut patch = Patch::default();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if !is_bin(&n.op, BinaryOp::Add) {
+            continue;
+        }
+        let m = || -> Option<Node> {
+            let (a, b) = (v.input(n, 0)?, v.input(n, 1)?);
+            let (_, ma) = v.producer(a, |o| is_bin(o, BinaryOp::Mul))?;
+            let (_, mb) = v.producer(b, |o| is_bin(o, BinaryOp::Mul))?;
+            // One product is x·cos, the other rotate_half(x)·sin: find the Concat side.
+            let concat_of = |m: &Node| -> Option<(ValueId, ValueId)> {
+                for (c, other) in [(0, 1), (1, 0)] {
+                    let cv = v.input(m, c)?;
+                    if v.producer(cv, |o| matches!(o, Op::Concat(-1) | Op::Concat(3))).is_some() {
+                        return Some((cv, v.input(m, other)?));
+                    }
+                }
+                None
+            };
+            let ((cat, sin), xm) = match (concat_of(ma), concat_of(mb)) {
+                (Some(c), None) => (c, mb),
+                (None, Some(c)) => (c, ma),
+                _ => return None,
+            };
+            let (_, concat) = v.producer(cat, |_| true)?;
+            let [Some(neg_v), Some(lo_v)] = concat.inputs[..] else { return None };
+            let (_, neg) = v.producer(neg_v, |o| is_un(o, UnaryOp::Neg))?;
+            let (_, hi) = v.producer(v.input(neg, 0)?, |o| matches!(o, Op::Slice))?;
+            let (_, lo) = v.producer(lo_v, |o| matches!(o, Op::Slice))?;
+            let x = v.input(hi, 0)?;
+            if v.input(lo, 0)? != x {
+                return None;
+            }
+            let (xa, xb) = (v.input(xm, 0)?, v.input(xm, 1)?);
+            let cos = if xa == x { xb } else if xb == x { xa } else { return None };
+            // Both slices run along the last axis with unit steps.
+            for s in [hi, lo] {
+                let axis_ok = match v.input(s, 3) {
+                    Some(ax) => matches!(v.constant(ax)?.to_i64_vec("axes").ok()?.as_slice(), [-1] | [3]),
+                    None => false,
+                };
+                let step_ok = v.input(s, 4).is_none_or(|st| v.constant(st).and_then(|t| t.to_i64_vec("steps").ok()) == Some(vec![1]));
+                if !axis_ok || !step_ok {
+                    return None;
+                }
+            }
+            let mut inputs = vec![Some(x), Some(cos), Some(sin)];
+            for s in [hi, lo] {
+                inputs.extend((1..5).map(|k| v.input(s, k)));
+            }
+            Some(Node { name: n.name.clone(), op: Op::Rotary, inputs, outputs: n.outputs.clone() })
+        };
+        if let Some(node) = m() {
+            patch.replace(i, node);
         }
     }
     patch.apply(g);

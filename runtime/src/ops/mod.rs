@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod norm;
 pub mod quant;
 pub mod reduce;
+pub mod rotary;
 pub mod shape;
 pub mod softmax;
 
@@ -117,6 +118,9 @@ pub enum Op {
     Linear(Linear),
     /// Fused scaled-dot-product attention.
     Attention(Attention),
+    /// Rotary position embedding on per-head Q or K (inputs: x, cos, sin, and the bounds of
+    /// the two half slices).
+    Rotary,
     /// Row lookup in a constant table (`Gather` on axis 0), f32 or quantized; inputs are the
     /// table and the ids.
     Embedding {
@@ -168,6 +172,7 @@ impl Op {
             }
             Op::Attention(_) => "Attention",
             Op::Embedding { .. } => "Embedding",
+            Op::Rotary => "Rotary",
         }
     }
 
@@ -183,6 +188,7 @@ impl Op {
                 | Op::Silu
                 | Op::Attention(_)
                 | Op::Embedding { .. }
+                | Op::Rotary
         )
     }
 
@@ -241,6 +247,13 @@ impl Op {
             }
             Op::Linear(l) => one(l.forward(cx.req(0)?).map_err(|e| cx.wrap(e))?),
             Op::Embedding { dequant } => one(gather::embedding(cx.req(0)?, cx.req(1)?, *dequant).map_err(|e| cx.wrap(e))?),
+            Op::Rotary => {
+                let mut slots: [Option<&Tensor>; 11] = [None; 11];
+                for (s, t) in slots.iter_mut().zip(inputs) {
+                    *s = *t;
+                }
+                one(rotary::rotary(&slots).map_err(|e| cx.wrap(e))?)
+            }
             Op::Attention(a) => one(a.forward(cx.req(0)?, cx.req(1)?, cx.req(2)?, cx.opt(3)).map_err(|e| cx.wrap(e))?),
         }
     }
