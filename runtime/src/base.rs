@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::graph::{fold, fuse, Graph};
+use crate::graph::{fold, fuse, shapes, Graph};
 use crate::onnx::{import::ImportInfo, import_model, proto::ModelProto};
 use crate::ops::Op;
 
@@ -85,6 +85,8 @@ impl Base {
         fold::drop_identities(&mut graph);
         if options.fuse {
             fuse::fuse_all(&mut graph, &info)?;
+            shapes::fold_shapes(&mut graph);
+            fold::fold_constants(&mut graph)?;
         }
         if options.weights == WeightFormat::Int8 {
             fuse::quantize_linears(&mut graph);

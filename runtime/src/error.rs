@@ -74,6 +74,9 @@ pub enum Error {
     /// A `.npy` file is malformed or holds a type kilotune does not read.
     #[error("bad .npy data: {0}")]
     Npy(String),
+    /// A delta file was refused (see [`crate::delta::DeltaError`] for the cases).
+    #[error(transparent)]
+    Delta(#[from] crate::delta::DeltaError),
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -12,12 +12,14 @@
 
 pub mod backend;
 pub mod base;
+pub mod delta;
 pub mod error;
 pub mod graph;
 pub mod kernels;
 pub mod npy;
 pub mod onnx;
 pub mod ops;
+pub mod peft;
 pub mod session;
 pub mod tensor;
 

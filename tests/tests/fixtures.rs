@@ -106,3 +106,16 @@ fn quantizing_at_load_keeps_outputs_close() {
         assert!(c > 0.99, "{model}: min cosine {c}");
     }
 }
+
+/// Shape plumbing folds into a few symbolic shapes read from the input dims: no `Shape` op
+/// survives in the BERT exports, and each distinct target is computed once.
+#[test]
+fn shape_chains_fold_into_symbolic_shapes() {
+    for e in ["dynamo", "legacy"] {
+        let base = Base::load(fixtures().join(format!("tiny-bert.{e}.onnx")), LoadOptions::default()).unwrap();
+        let count = |name: &str| base.graph().nodes.iter().filter(|n| n.op.name() == name).count();
+        assert_eq!(count("Shape"), 0, "tiny-bert.{e}: Shape ops left");
+        let sym = count("SymShape");
+        assert!((1..=10).contains(&sym), "tiny-bert.{e}: {sym} SymShape nodes");
+    }
+}

@@ -18,7 +18,8 @@ pub fn fold_constants(g: &mut Graph) -> Result<()> {
     for i in 0..g.nodes.len() {
         let node = &g.nodes[i];
         let all_const = node.inputs.iter().all(|v| v.is_none_or(|v| g.values[v].constant.is_some()));
-        if !all_const || node.inputs.iter().all(Option::is_none) {
+        let source = node.inputs.iter().all(Option::is_none) && !matches!(node.op, Op::Constant(_));
+        if !all_const || source {
             continue;
         }
         let inputs: Vec<Option<&Tensor>> = node.inputs.iter().map(|v| v.and_then(|v| g.constant(v))).collect();

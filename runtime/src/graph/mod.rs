@@ -3,6 +3,7 @@
 pub mod fold;
 pub mod fuse;
 mod patch;
+pub mod shapes;
 
 use std::collections::HashMap;
 

@@ -22,6 +22,20 @@ pub use attention::Attention;
 pub use elementwise::{BinaryOp, UnaryOp};
 pub use linear::{Linear, LinearWeight};
 
+/// One entry of a [`Op::SymShape`]: a fixed value or a dimension of one of the node's inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SymShapeDim {
+    /// A fixed value.
+    Fixed(i64),
+    /// Dimension `axis` of input `slot`.
+    Dim {
+        /// Which of the node's inputs.
+        slot: usize,
+        /// Which of its axes.
+        axis: usize,
+    },
+}
+
 /// Everything a node can compute.
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -118,6 +132,18 @@ pub enum Op {
     Linear(Linear),
     /// Fused scaled-dot-product attention.
     Attention(Attention),
+    /// A constant produced by a pass (folded into the graph's constants afterwards).
+    Constant(Tensor),
+    /// A shape computed from the run's input dims: what a folded `Shape`/`Gather`/`Concat`
+    /// chain evaluated to, symbolically.
+    SymShape {
+        /// The entries.
+        dims: Vec<SymShapeDim>,
+        /// Whether the result is a scalar (one entry) rather than a 1-D tensor.
+        scalar: bool,
+        /// Whether the result is i32 rather than i64.
+        int32: bool,
+    },
     /// Rotary position embedding on per-head Q or K (inputs: x, cos, sin, and the bounds of
     /// the two half slices).
     Rotary,
@@ -173,6 +199,8 @@ impl Op {
             Op::Attention(_) => "Attention",
             Op::Embedding { .. } => "Embedding",
             Op::Rotary => "Rotary",
+            Op::Constant(_) => "Constant",
+            Op::SymShape { .. } => "SymShape",
         }
     }
 
@@ -247,6 +275,21 @@ impl Op {
             }
             Op::Linear(l) => one(l.forward(cx.req(0)?).map_err(|e| cx.wrap(e))?),
             Op::Embedding { dequant } => one(gather::embedding(cx.req(0)?, cx.req(1)?, *dequant).map_err(|e| cx.wrap(e))?),
+            Op::Constant(t) => one(t.clone()),
+            Op::SymShape { dims, scalar, int32 } => {
+                let mut v = Vec::with_capacity(dims.len());
+                for d in dims {
+                    v.push(match *d {
+                        SymShapeDim::Fixed(k) => k,
+                        SymShapeDim::Dim { slot, axis } => *cx.req(slot)?.shape().get(axis).ok_or_else(|| {
+                            cx.wrap(shape_err(format!("input {slot} has no axis {axis}")))
+                        })? as i64,
+                    });
+                }
+                let shape: &[usize] = if *scalar { &[] } else { &[v.len()] };
+                let t = if *int32 { Tensor::new(shape, v.iter().map(|&x| x as i32).collect()) } else { Tensor::new(shape, v) };
+                one(t.map_err(|e| cx.wrap(e))?)
+            }
             Op::Rotary => {
                 let mut slots: [Option<&Tensor>; 11] = [None; 11];
                 for (s, t) in slots.iter_mut().zip(inputs) {
