@@ -40,8 +40,9 @@ impl Default for LoadOptions {
 /// A frozen, immutable model.
 #[derive(Debug)]
 pub struct Base {
-    graph: Graph,
+    graph: Arc<Graph>,
     info: ImportInfo,
+    fingerprint: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl Base {
@@ -91,12 +92,23 @@ impl Base {
         if options.weights == WeightFormat::Int8 {
             fuse::quantize_linears(&mut graph);
         }
-        Ok(Arc::new(Base { graph, info }))
+        Ok(Arc::new(Base { graph: Arc::new(graph), info, fingerprint: std::sync::OnceLock::new() }))
     }
 
     /// The fused graph.
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// The fused graph, shared (sessions without a delta run it as it is).
+    pub(crate) fn shared_graph(&self) -> Arc<Graph> {
+        Arc::clone(&self.graph)
+    }
+
+    /// SHA-256 over the fused graph and its weights: what binds a user's delta to this base.
+    /// Computed on first use (it reads every weight once) and cached.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        *self.fingerprint.get_or_init(|| crate::fingerprint::fingerprint(&self.graph))
     }
 
     /// The default-domain opset the model was exported with.

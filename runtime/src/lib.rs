@@ -14,6 +14,7 @@ pub mod backend;
 pub mod base;
 pub mod delta;
 pub mod error;
+pub mod fingerprint;
 pub mod graph;
 pub mod kernels;
 pub mod npy;
@@ -22,6 +23,7 @@ pub mod ops;
 pub mod peft;
 pub mod session;
 pub mod tensor;
+pub mod train;
 
 pub use base::{Base, LoadOptions, WeightFormat};
 pub use error::{Error, Result};

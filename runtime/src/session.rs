@@ -30,6 +30,9 @@ impl Outputs {
 /// Runs a base model. Sessions are cheap; many can share one `Arc<Base>`.
 pub struct Session {
     base: Arc<Base>,
+    /// The graph this session runs: the base's, or a copy with a delta applied (weights stay
+    /// shared).
+    graph: Arc<crate::graph::Graph>,
     plan: Plan,
     pool: rayon::ThreadPool,
 }
@@ -42,8 +45,28 @@ impl Session {
             .thread_name(|i| format!("kilotune-{i}"))
             .build()
             .map_err(|e| Error::Config(format!("thread pool: {e}")))?;
-        let plan = Plan::new(base.graph());
-        Ok(Session { base, plan, pool })
+        let graph = base.shared_graph();
+        let plan = Plan::new(&graph);
+        Ok(Session { base, graph, plan, pool })
+    }
+
+    /// A session that runs `base` with a user's `delta` (LoRA side paths, bias deltas). The
+    /// delta must have been made for this base: its fingerprint is checked first.
+    ///
+    /// ```no_run
+    /// use kilotune::{delta, Base, LoadOptions, Session, SessionConfig};
+    /// let base = Base::load("model.onnx", LoadOptions::default())?;
+    /// let user = delta::load("user.ktd", Some(&base.fingerprint()), &Default::default())?;
+    /// let session = Session::with_delta(base, &user, SessionConfig { threads: 2 })?;
+    /// # Ok::<(), kilotune::Error>(())
+    /// ```
+    pub fn with_delta(base: Arc<Base>, delta: &crate::delta::Delta, config: SessionConfig) -> Result<Session> {
+        crate::peft::apply::check_base(delta, &base.fingerprint())?;
+        let graph = crate::peft::apply::apply_delta(base.graph(), delta)?;
+        let mut s = Session::new(base, config)?;
+        s.plan = Plan::new(&graph);
+        s.graph = Arc::new(graph);
+        Ok(s)
     }
 
     /// The base this session runs.
@@ -71,7 +94,7 @@ impl Session {
     /// # Ok::<(), kilotune::Error>(())
     /// ```
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Outputs> {
-        let g = self.base.graph();
+        let g = &*self.graph;
         let feeds = self.check_inputs(inputs)?;
         let outs = self.pool.install(|| self.plan.execute(g, feeds))?;
         Ok(Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()))
@@ -79,7 +102,7 @@ impl Session {
 
     /// [`Session::run`], also returning the wall time spent in each op type, largest first.
     pub fn run_profiled(&self, inputs: &[(&str, Tensor)]) -> Result<(Outputs, Vec<(String, std::time::Duration)>)> {
-        let g = self.base.graph();
+        let g = &*self.graph;
         let feeds = self.check_inputs(inputs)?;
         let mut times = vec![std::time::Duration::ZERO; g.nodes.len()];
         let outs = self.pool.install(|| self.plan.execute_timed(g, feeds, Some(&mut times)))?;
@@ -95,7 +118,7 @@ impl Session {
     }
 
     fn check_inputs(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(crate::graph::ValueId, Tensor)>> {
-        let g = self.base.graph();
+        let g = &*self.graph;
         let mut feeds = Vec::with_capacity(g.inputs.len());
         for (name, _) in inputs {
             if !g.inputs.iter().any(|i| g.values[i.value].name == *name) {

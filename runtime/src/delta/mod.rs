@@ -35,6 +35,7 @@
 
 mod error;
 mod format;
+pub mod peft_interop;
 mod precision;
 mod store;
 mod validate;
@@ -44,5 +45,6 @@ pub use format::{
     from_bytes, to_bytes, Delta, LoadLimits, NamedTensor, TensorData, TrainingSummary, DEFAULT_MAX_BYTES,
     FORMAT_VERSION, HEADER_LEN, MAGIC, TRAILER_LEN,
 };
+pub(crate) use format::hex;
 pub use precision::Precision;
 pub use store::{load, load_with, save, save_with, FsStorage, Storage};

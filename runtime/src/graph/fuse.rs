@@ -150,7 +150,7 @@ pub fn fuse_linear(g: &mut Graph, info: &ImportInfo) {
         };
         let module = module_name(&v, info, n, bias);
         let bias_data = bias.and_then(|b| v.constant(b)).map(|t| Arc::new(t.to_f32_vec()));
-        let lin = Linear { module, k, n: nn, weight, bias: bias_data };
+        let lin = Linear { module, k, n: nn, weight, bias: bias_data, lora: None };
         patch.replace(at, Node { name: n.name.clone(), op: Op::Linear(lin), inputs: vec![Some(x)], outputs: vec![out] });
     }
     patch.apply(g);
@@ -212,6 +212,7 @@ pub fn fuse_int8_linear(g: &mut Graph, info: &ImportInfo) {
                 n: nn,
                 weight: LinearWeight::I8(Arc::new(packed)),
                 bias: bias.and_then(|b| v.constant(b)).map(|t| Arc::new(t.to_f32_vec())),
+                lora: None,
             };
             Some((at, Node { name: n.name.clone(), op: Op::Linear(lin), inputs: vec![Some(x)], outputs: vec![out] }))
         };

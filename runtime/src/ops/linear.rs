@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::shape_err;
 use crate::error::Result;
-use crate::kernels::gemm_f32::matmul_f32;
+use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_bt};
 use crate::kernels::gemm_i8::{gemm_u8i8, PackedI8};
 use crate::kernels::quantize::quantize_dynamic_u8;
 use crate::tensor::{shape_of, Tensor};
@@ -38,6 +38,21 @@ pub struct Linear {
     pub weight: LinearWeight,
     /// The bias, N values.
     pub bias: Option<Arc<Vec<f32>>>,
+    /// A user's LoRA side path, when a delta is applied (the frozen weight is untouched).
+    pub lora: Option<Arc<LoraPatch>>,
+}
+
+/// The LoRA side path of one `Linear`: y += scale · (x·Aᵀ)·Bᵀ.
+#[derive(Clone, Debug)]
+pub struct LoraPatch {
+    /// Rank.
+    pub r: usize,
+    /// A, [r × k] (PEFT's `lora_A.weight` layout).
+    pub a: Vec<f32>,
+    /// B, [n × r] (PEFT's `lora_B.weight` layout).
+    pub b: Vec<f32>,
+    /// alpha / r.
+    pub scale: f32,
 }
 
 impl Linear {
@@ -78,6 +93,14 @@ impl Linear {
                 gemm_u8i8(&q, m, scale, zp, w, self.bias.as_deref().map(|b| b.as_slice()), &mut out);
             }
         }
+        if let Some(lora) = &self.lora {
+            // Side path: t = (x·Aᵀ)·scale, then y += t·Bᵀ. Scaling the rank-r intermediate is
+            // the cheapest place for it.
+            let mut t = vec![0f32; m * lora.r];
+            matmul_f32_bt(v, &lora.a, &mut t, m, k, lora.r, false);
+            t.iter_mut().for_each(|x| *x *= lora.scale);
+            matmul_f32_bt(&t, &lora.b, &mut out, m, lora.r, self.n, true);
+        }
         let mut shape = x.dims().clone();
         let last = shape.len() - 1;
         shape[last] = self.n;
@@ -104,7 +127,7 @@ mod tests {
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 10.0).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
-        let lin = Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.clone())), bias: Some(Arc::new(b.clone())) };
+        let lin = Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.clone())), bias: Some(Arc::new(b.clone())), lora: None };
         let xt = Tensor::new(&[m, k], x.clone()).unwrap();
         let y = lin.forward(&xt).unwrap();
         // exact reference

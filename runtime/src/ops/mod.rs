@@ -20,7 +20,7 @@ use crate::tensor::{DType, Tensor};
 
 pub use attention::Attention;
 pub use elementwise::{BinaryOp, UnaryOp};
-pub use linear::{Linear, LinearWeight};
+pub use linear::{Linear, LinearWeight, LoraPatch};
 
 /// One entry of a [`Op::SymShape`]: a fixed value or a dimension of one of the node's inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! Parameter-efficient fine-tuning: which parameters a user's training touches.
 //!
-//! For now this module holds only the methods' configurations ([`config`]); each method's
-//! graph patch will live in its own file beside it.
+//! [`config`] holds the methods' configurations; [`apply`] patches a base's graph with a
+//! user's delta (LoRA side paths, bias deltas) for a session.
 
+pub mod apply;
 pub mod config;
 
 pub use config::{BitFitConfig, BitFitVariant, LoraConfig, PeftMethod, Pooling, TaskHead};

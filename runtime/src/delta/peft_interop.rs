@@ -1,0 +1,768 @@
+//! Hugging Face PEFT LoRA adapters in and out of a [`Delta`]: the `adapter_config.json` +
+//! `adapter_model.safetensors` pair that `PeftModel.save_pretrained` writes.
+//!
+//! Only what a [`LoraConfig`] can express is accepted; every other PEFT feature that changes
+//! the math (DoRA, rsLoRA, `fan_in_fan_out`, LoRA biases, `alpha_pattern`, `modules_to_save`,
+//! ...) is refused with [`PeftInteropError::Unsupported`] rather than silently dropped, since
+//! a dropped feature would give an adapter that loads and computes something else.
+//!
+//! PEFT names a tensor `base_model.model.<module path>.lora_A.weight` (A is `[r, in]`, B is
+//! `[out, r]`, the same layout the delta uses). The module path is matched to exactly one of
+//! the base's `Linear` modules by PEFT's suffix rule, because an exported base may carry a
+//! prefix (`m.encoder.layer.0...`) that the PyTorch model did not.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use serde_json::{json, Map, Value};
+
+use super::error::DeltaError;
+use super::format::{Delta, NamedTensor, TrainingSummary};
+use crate::base::Base;
+use crate::peft::{LoraConfig, PeftMethod};
+
+/// The adapter's configuration file.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+/// The adapter's weights file.
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// The prefix PEFT puts before every module path in the weights file.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+/// What [`import_peft_adapter`] writes into [`TrainingSummary::kilotune_version`].
+pub const IMPORT_MARK: &str = "peft-import";
+
+/// Why a PEFT adapter could not be imported or exported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeftInteropError {
+    /// A filesystem operation failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `adapter_config.json` is not valid JSON, or a field has the wrong JSON type.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's reason.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The weights file is not valid safetensors.
+    #[error("{path}: {source}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The parser's (or serializer's) reason.
+        #[source]
+        source: SafeTensorError,
+    },
+    /// A configuration field, dtype or method kilotune cannot represent faithfully.
+    #[error("unsupported PEFT adapter: {field} = {value}")]
+    Unsupported {
+        /// The field (or `dtype of <tensor>`, `method`, ...).
+        field: String,
+        /// The value found.
+        value: String,
+    },
+    /// A tensor name is not `base_model.model.<module>.lora_{A,B}.weight` (or, on export, not
+    /// `<module>.lora_{A,B}`).
+    #[error("unexpected tensor `{tensor}`: not a LoRA A or B weight")]
+    UnexpectedTensor {
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// No `Linear` of the base is the tensor's module.
+    #[error("tensor `{tensor}` adapts a module the base has no Linear for")]
+    UnknownModule {
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// Several `Linear`s of the base end with the tensor's module path.
+    #[error("tensor `{tensor}` matches several base modules: {candidates:?}")]
+    AmbiguousModule {
+        /// The tensor's name.
+        tensor: String,
+        /// The base modules it matches.
+        candidates: Vec<String>,
+    },
+    /// A tensor's shape disagrees with its `Linear`, its partner or the configured rank.
+    #[error("tensor `{tensor}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The tensor's name.
+        tensor: String,
+        /// The shape required.
+        expected: Vec<usize>,
+        /// The shape found.
+        found: Vec<usize>,
+    },
+    /// A module has an A without a B, or a B without an A.
+    #[error("module `{module}` has only one of lora_A and lora_B")]
+    MissingPair {
+        /// The module.
+        module: String,
+    },
+    /// The configuration's values are out of range (see [`LoraConfig::validate`]).
+    #[error("invalid adapter configuration: {0}")]
+    InvalidConfig(String),
+    /// The imported delta fails the delta's own checks (e.g. a NaN), or an exported delta's
+    /// tensor cannot be decoded.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+}
+
+type Result<T> = std::result::Result<T, PeftInteropError>;
+
+fn unsupported(field: impl Into<String>, value: impl std::fmt::Display) -> PeftInteropError {
+    PeftInteropError::Unsupported { field: field.into(), value: value.to_string() }
+}
+
+fn json_err(path: &Path, source: serde_json::Error) -> PeftInteropError {
+    PeftInteropError::Json { path: path.to_owned(), source }
+}
+
+/// Which LoRA factor a tensor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Factor {
+    A,
+    B,
+}
+
+impl Factor {
+    fn suffix(self) -> &'static str {
+        match self {
+            Factor::A => "lora_A",
+            Factor::B => "lora_B",
+        }
+    }
+}
+
+/// Splits `<module>.lora_A` / `<module>.lora_B` (after `tail` was removed) into its parts.
+fn split_factor(name: &str) -> Option<(&str, Factor)> {
+    if let Some(m) = name.strip_suffix(".lora_A") {
+        Some((m, Factor::A))
+    } else {
+        name.strip_suffix(".lora_B").map(|m| (m, Factor::B))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration
+
+/// The fields of `adapter_config.json` kilotune reads, after the refusals.
+struct AdapterConfig {
+    lora: LoraConfig,
+    /// `target_modules` was a string (a regular expression in PEFT): the targets are then
+    /// taken from the tensors present, since kilotune's targets are literal suffixes.
+    targets_from_tensors: bool,
+}
+
+fn parse_config(path: &Path, text: &str) -> Result<AdapterConfig> {
+    let v: Value = serde_json::from_str(text).map_err(|e| json_err(path, e))?;
+    let obj = v.as_object().ok_or_else(|| unsupported("adapter_config.json", "not a JSON object"))?;
+    let get = |k: &str| obj.get(k).unwrap_or(&Value::Null);
+
+    match get("peft_type") {
+        Value::String(s) if s == "LORA" => {}
+        other => return Err(unsupported("peft_type", other)),
+    }
+    // Features that change the computation and that a `LoraConfig` cannot carry: each must be
+    // absent, null, false or empty.
+    for field in [
+        "fan_in_fan_out",
+        "use_rslora",
+        "use_dora",
+        "lora_bias",
+        "use_qalora",
+        "modules_to_save",
+        "layers_to_transform",
+        "layer_replication",
+        "exclude_modules",
+        "target_parameters",
+        "trainable_token_indices",
+        "alora_invocation_tokens",
+    ] {
+        let value = get(field);
+        let trivial = match value {
+            Value::Null | Value::Bool(false) => true,
+            Value::Array(a) => a.is_empty(),
+            Value::Object(o) => o.is_empty(),
+            _ => false,
+        };
+        if !trivial {
+            return Err(unsupported(field, value));
+        }
+    }
+    match get("bias") {
+        Value::Null => {}
+        Value::String(s) if s == "none" => {}
+        other => return Err(unsupported("bias", other)),
+    }
+
+    let r = match get("r") {
+        Value::Null => 8, // PEFT's default
+        v => v.as_u64().and_then(|r| u32::try_from(r).ok()).ok_or_else(|| unsupported("r", v))?,
+    };
+    let alpha = match get("lora_alpha") {
+        Value::Null => 8.0, // PEFT's default
+        v => v.as_f64().ok_or_else(|| unsupported("lora_alpha", v))? as f32,
+    };
+    let dropout = match get("lora_dropout") {
+        Value::Null => 0.0,
+        v => v.as_f64().ok_or_else(|| unsupported("lora_dropout", v))? as f32,
+    };
+    // An alpha_pattern that gives every module the global alpha changes nothing.
+    if let Some(pattern) = get("alpha_pattern").as_object() {
+        if let Some((k, v)) = pattern.iter().find(|(_, v)| v.as_f64().map(|a| a as f32) != Some(alpha)) {
+            return Err(unsupported("alpha_pattern", format!("{{{k:?}: {v}}}")));
+        }
+    } else if !get("alpha_pattern").is_null() {
+        return Err(unsupported("alpha_pattern", get("alpha_pattern")));
+    }
+    let mut rank_pattern = Vec::new();
+    match get("rank_pattern") {
+        Value::Null => {}
+        Value::Object(o) => {
+            for (k, v) in o {
+                let rk = v.as_u64().and_then(|r| u32::try_from(r).ok()).ok_or_else(|| unsupported(format!("rank_pattern[{k:?}]"), v))?;
+                rank_pattern.push((k.clone(), rk));
+            }
+        }
+        other => return Err(unsupported("rank_pattern", other)),
+    }
+    let (target_modules, targets_from_tensors) = match get("target_modules") {
+        Value::Array(a) => {
+            let mut t = Vec::with_capacity(a.len());
+            for x in a {
+                t.push(x.as_str().ok_or_else(|| unsupported("target_modules", x))?.to_owned());
+            }
+            (t, false)
+        }
+        Value::String(_) => (Vec::new(), true),
+        other => return Err(unsupported("target_modules", other)),
+    };
+    Ok(AdapterConfig { lora: LoraConfig { r, alpha, dropout, target_modules, rank_pattern }, targets_from_tensors })
+}
+
+// ---------------------------------------------------------------------------------------
+// Import
+
+fn to_f32(tensor: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::BF16 => data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => return Err(unsupported(format!("dtype of {tensor}"), format!("{other:?}"))),
+    })
+}
+
+/// The one base `Linear` whose module is `path` or ends with `"." + path`: (module, k, n).
+fn find_linear(base: &Base, path: &str, tensor: &str) -> Result<(String, usize, usize)> {
+    let mut found: Vec<(String, usize, usize)> = Vec::new();
+    for l in base.linears() {
+        let hit = l.module.strip_suffix(path).is_some_and(|rest| rest.is_empty() || rest.ends_with('.'));
+        // A module called twice appears as several Linears with one name: one module.
+        if hit && !found.iter().any(|(m, _, _)| *m == l.module) {
+            found.push((l.module.clone(), l.k, l.n));
+        }
+    }
+    match found.len() {
+        0 => Err(PeftInteropError::UnknownModule { tensor: tensor.to_owned() }),
+        1 => Ok(found.swap_remove(0)),
+        _ => Err(PeftInteropError::AmbiguousModule {
+            tensor: tensor.to_owned(),
+            candidates: found.into_iter().map(|(m, _, _)| m).collect(),
+        }),
+    }
+}
+
+/// Imports the PEFT LoRA adapter saved in `dir` as a delta for `base`, whose fingerprint is
+/// `fingerprint`.
+///
+/// The tensors are named `<base module>.lora_A` (`[r, k]`) and `<base module>.lora_B`
+/// (`[n, r]`), in f32 (f16 and bf16 are widened exactly), in the base's execution order.
+/// Every PEFT feature kilotune cannot compute is refused (see the module docs), as is any
+/// tensor that does not map to exactly one base `Linear` with matching sizes and rank.
+pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Result<Delta> {
+    let config_path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|source| PeftInteropError::Io { action: "read", path: config_path.clone(), source })?;
+    let AdapterConfig { mut lora, targets_from_tensors } = parse_config(&config_path, &text)?;
+
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&weights_path)
+        .map_err(|source| PeftInteropError::Io { action: "read", path: weights_path.clone(), source })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|source| PeftInteropError::Safetensors { path: weights_path.clone(), source })?;
+
+    // Base module → (execution index, PEFT path, k, n, A, B).
+    struct Pair {
+        order: usize,
+        peft_path: String,
+        k: usize,
+        n: usize,
+        a: Option<(String, Vec<usize>, Vec<f32>)>,
+        b: Option<(String, Vec<usize>, Vec<f32>)>,
+    }
+    let order: Vec<String> = base.linears().iter().map(|l| l.module.clone()).collect();
+    let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
+    for (name, view) in st.iter() {
+        let (path, factor) = name
+            .strip_prefix(PEFT_PREFIX)
+            .and_then(|s| s.strip_suffix(".weight"))
+            .and_then(split_factor)
+            .ok_or_else(|| PeftInteropError::UnexpectedTensor { tensor: name.to_owned() })?;
+        let (module, k, n) = find_linear(base, path, name)?;
+        let values = to_f32(name, &view)?;
+        let entry = pairs.entry(module.clone()).or_insert_with(|| Pair {
+            order: order.iter().position(|m| *m == module).unwrap_or(usize::MAX),
+            peft_path: path.to_owned(),
+            k,
+            n,
+            a: None,
+            b: None,
+        });
+        let slot = match factor {
+            Factor::A => &mut entry.a,
+            Factor::B => &mut entry.b,
+        };
+        if slot.is_some() {
+            // Two PEFT paths (e.g. `x.query` and `query`) landed on one base module.
+            return Err(PeftInteropError::AmbiguousModule { tensor: name.to_owned(), candidates: vec![module] });
+        }
+        *slot = Some((name.to_owned(), view.shape().to_vec(), values));
+    }
+
+    let mut pairs: Vec<(String, Pair)> = pairs.into_iter().collect();
+    pairs.sort_by_key(|(m, p)| (p.order, m.clone()));
+    let mut tensors = Vec::with_capacity(pairs.len() * 2);
+    for (module, p) in &pairs {
+        let (Some((a_name, a_shape, a)), Some((b_name, b_shape, b))) = (&p.a, &p.b) else {
+            return Err(PeftInteropError::MissingPair { module: p.peft_path.clone() });
+        };
+        if !targets_from_tensors && !lora.matches(module) {
+            return Err(unsupported(
+                "target_modules",
+                format!("{:?} does not cover `{}`, which the adapter adapts", lora.target_modules, p.peft_path),
+            ));
+        }
+        let r = lora.rank_for(module) as usize;
+        if *a_shape != [r, p.k] {
+            return Err(PeftInteropError::Shape { tensor: a_name.clone(), expected: vec![r, p.k], found: a_shape.clone() });
+        }
+        if *b_shape != [p.n, r] {
+            return Err(PeftInteropError::Shape { tensor: b_name.clone(), expected: vec![p.n, r], found: b_shape.clone() });
+        }
+        let dims = |s: &[usize]| s.iter().map(|&d| u32::try_from(d).unwrap_or(u32::MAX)).collect::<Vec<u32>>();
+        tensors.push(NamedTensor::f32(format!("{module}.lora_A"), &dims(a_shape), a.clone()));
+        tensors.push(NamedTensor::f32(format!("{module}.lora_B"), &dims(b_shape), b.clone()));
+    }
+    if targets_from_tensors {
+        lora.target_modules = pairs.iter().map(|(_, p)| p.peft_path.clone()).collect();
+    }
+    lora.validate().map_err(|e| PeftInteropError::InvalidConfig(e.to_string()))?;
+
+    let delta = Delta {
+        base_fingerprint: fingerprint,
+        method: PeftMethod::Lora(lora),
+        head: None,
+        tensors,
+        summary: TrainingSummary { kilotune_version: IMPORT_MARK.to_owned(), ..Default::default() },
+    };
+    delta.validate()?;
+    Ok(delta)
+}
+
+// ---------------------------------------------------------------------------------------
+// Export
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    std::fs::write(&tmp, bytes)
+        .map_err(|source| PeftInteropError::Io { action: "write", path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| {
+        let _ = std::fs::remove_file(&tmp); // best effort; the rename error is the one to report
+        PeftInteropError::Io { action: "rename a temporary file over", path: path.to_owned(), source }
+    })
+}
+
+/// Exports a LoRA `delta` as a PEFT adapter in `dir` (created if missing):
+/// `adapter_config.json` and `adapter_model.safetensors` (f32), each replaced atomically.
+///
+/// `module_prefix_to_strip` is removed from the front of every module name that carries it
+/// (and of every target and rank-pattern key), so `m.encoder.layer.0.attention.self.query`
+/// with prefix `m.` becomes PEFT's `base_model.model.encoder.layer.0.attention.self.query`.
+/// f16 and int8 tensors are written as their f32 values. A delta with a task head or a
+/// method other than LoRA is refused.
+pub fn export_peft_adapter(delta: &Delta, dir: &Path, module_prefix_to_strip: &str) -> Result<()> {
+    let PeftMethod::Lora(lora) = &delta.method else {
+        return Err(unsupported("method", format!("{:?}", delta.method)));
+    };
+    if let Some(head) = &delta.head {
+        return Err(unsupported("head", format!("{head:?}")));
+    }
+    let strip = |s: &str| s.strip_prefix(module_prefix_to_strip).unwrap_or(s).to_owned();
+
+    // module → (A, B) as (shape, little-endian bytes).
+    type Entry = Option<(Vec<usize>, Vec<u8>)>;
+    let mut modules: BTreeMap<String, (Entry, Entry)> = BTreeMap::new();
+    for t in &delta.tensors {
+        let (module, factor) =
+            split_factor(&t.name).ok_or_else(|| PeftInteropError::UnexpectedTensor { tensor: t.name.clone() })?;
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        if shape.len() != 2 {
+            return Err(PeftInteropError::Shape { tensor: t.name.clone(), expected: vec![0, 0], found: shape });
+        }
+        let bytes: Vec<u8> = t.to_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let e = modules.entry(module.to_owned()).or_default();
+        let slot = if factor == Factor::A { &mut e.0 } else { &mut e.1 };
+        *slot = Some((shape, bytes));
+    }
+    let mut named: Vec<(String, TensorView<'_>)> = Vec::with_capacity(modules.len() * 2);
+    for (module, (a, b)) in &modules {
+        let (Some((a_shape, a)), Some((b_shape, b))) = (a, b) else {
+            return Err(PeftInteropError::MissingPair { module: module.clone() });
+        };
+        if a_shape[0] != b_shape[1] {
+            return Err(PeftInteropError::Shape {
+                tensor: format!("{module}.lora_B"),
+                expected: vec![b_shape[0], a_shape[0]],
+                found: b_shape.clone(),
+            });
+        }
+        let path = strip(module);
+        for (factor, shape, data) in [(Factor::A, a_shape, a), (Factor::B, b_shape, b)] {
+            let name = format!("{PEFT_PREFIX}{path}.{}.weight", factor.suffix());
+            let view = TensorView::new(Dtype::F32, shape.clone(), data)
+                .map_err(|source| PeftInteropError::Safetensors { path: dir.join(WEIGHTS_FILE), source })?;
+            named.push((name, view));
+        }
+    }
+    let metadata = std::collections::HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let weights = safetensors::serialize(named, Some(metadata))
+        .map_err(|source| PeftInteropError::Safetensors { path: dir.join(WEIGHTS_FILE), source })?;
+
+    let rank_pattern: Map<String, Value> = lora.rank_pattern.iter().map(|(k, r)| (strip(k), json!(r))).collect();
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": null,
+        "base_model_name_or_path": null,
+        "revision": null,
+        "inference_mode": true,
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": lora.target_modules.iter().map(|t| strip(t)).collect::<Vec<_>>(),
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": {},
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "init_lora_weights": true,
+    });
+    let config_path = dir.join(CONFIG_FILE);
+    let text = serde_json::to_string_pretty(&config).map_err(|e| json_err(&config_path, e))?;
+
+    std::fs::create_dir_all(dir)
+        .map_err(|source| PeftInteropError::Io { action: "create", path: dir.to_owned(), source })?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
+    write_atomic(&config_path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    use super::*;
+    use crate::LoadOptions;
+
+    const FP: [u8; 32] = [7; 32];
+    const L0Q: &str = "encoder.layer.0.attention.self.query";
+    const L1V: &str = "encoder.layer.1.attention.self.value";
+
+    fn base() -> Arc<Base> {
+        static BASE: OnceLock<Arc<Base>> = OnceLock::new();
+        BASE.get_or_init(|| {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bert.dynamo.onnx");
+            Base::load(p, LoadOptions::default()).expect("tiny BERT fixture")
+        })
+        .clone()
+    }
+
+    fn temp_dir() -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir()
+            .join(format!("kilotune-peft-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| seed + (i as f32) * 0.001 - 0.01 * (i % 7) as f32).collect()
+    }
+
+    fn config() -> Value {
+        json!({
+            "peft_type": "LORA", "r": 2, "lora_alpha": 4, "lora_dropout": 0.1,
+            "target_modules": ["query", "value"], "rank_pattern": {}, "alpha_pattern": {},
+            "fan_in_fan_out": false, "bias": "none", "use_rslora": false, "modules_to_save": null,
+            "task_type": null
+        })
+    }
+
+    /// `(PEFT module path, A shape, B shape)` → tensors with distinct values.
+    fn lora_tensors(modules: &[(&str, [usize; 2], [usize; 2])]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let mut out = Vec::new();
+        for (i, (m, a, b)) in modules.iter().enumerate() {
+            out.push((format!("{PEFT_PREFIX}{m}.lora_A.weight"), a.to_vec(), values(a[0] * a[1], i as f32)));
+            out.push((format!("{PEFT_PREFIX}{m}.lora_B.weight"), b.to_vec(), values(b[0] * b[1], -(i as f32))));
+        }
+        out
+    }
+
+    fn write_adapter_as(dir: &Path, config: &Value, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) {
+        std::fs::write(dir.join(CONFIG_FILE), serde_json::to_string(config).unwrap()).unwrap();
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, v)| match dtype {
+                Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Dtype::F16 => v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
+                Dtype::BF16 => v.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
+                _ => unreachable!(),
+            })
+            .collect();
+        let views: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(dir.join(WEIGHTS_FILE), safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    fn write_adapter(dir: &Path, config: &Value, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+        write_adapter_as(dir, config, tensors, Dtype::F32);
+    }
+
+    fn good() -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        lora_tensors(&[(L0Q, [2, 32], [32, 2]), (L1V, [2, 32], [32, 2])])
+    }
+
+    fn import_with(config: &Value, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Delta> {
+        let dir = temp_dir();
+        write_adapter(&dir, config, tensors);
+        let r = import_peft_adapter(&dir, &base(), FP);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    fn f32s(t: &NamedTensor) -> &[f32] {
+        match &t.data {
+            super::super::TensorData::F32(v) => v,
+            other => panic!("expected f32, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn peft_interop_import_maps_modules_by_suffix_and_keeps_values() {
+        let tensors = good();
+        let d = import_with(&config(), &tensors).unwrap();
+        let PeftMethod::Lora(c) = &d.method else { panic!("not LoRA") };
+        assert_eq!((c.r, c.alpha, c.dropout), (2, 4.0, 0.1));
+        assert_eq!(c.target_modules, ["query", "value"]);
+        assert_eq!(d.base_fingerprint, FP);
+        assert_eq!(d.head, None);
+        assert_eq!(d.summary.kilotune_version, IMPORT_MARK);
+        let names: Vec<&str> = d.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "m.encoder.layer.0.attention.self.query.lora_A",
+                "m.encoder.layer.0.attention.self.query.lora_B",
+                "m.encoder.layer.1.attention.self.value.lora_A",
+                "m.encoder.layer.1.attention.self.value.lora_B",
+            ]
+        );
+        assert_eq!(d.tensors[0].shape, [2, 32]);
+        assert_eq!(d.tensors[1].shape, [32, 2]);
+        for (t, (_, _, want)) in d.tensors.iter().zip(&tensors) {
+            assert_eq!(f32s(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn peft_interop_import_widens_f16_and_bf16_exactly() {
+        for dtype in [Dtype::F16, Dtype::BF16] {
+            let dir = temp_dir();
+            let tensors = good();
+            write_adapter_as(&dir, &config(), &tensors, dtype);
+            let d = import_peft_adapter(&dir, &base(), FP).unwrap();
+            let want: Vec<f32> = match dtype {
+                Dtype::F16 => tensors[0].2.iter().map(|&x| f16::from_f32(x).to_f32()).collect(),
+                _ => tensors[0].2.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
+            };
+            assert_eq!(f32s(&d.tensors[0]), &want[..], "{dtype:?}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    #[test]
+    fn peft_interop_string_target_modules_take_targets_from_tensors() {
+        let mut c = config();
+        c["target_modules"] = json!(".*\\.(query|value)");
+        let d = import_with(&c, &good()).unwrap();
+        let PeftMethod::Lora(c) = &d.method else { panic!("not LoRA") };
+        assert_eq!(c.target_modules, [L0Q, L1V]);
+    }
+
+    #[test]
+    fn peft_interop_refuses_each_unsupported_field() {
+        let cases: [(&str, Value); 10] = [
+            ("peft_type", json!("IA3")),
+            ("fan_in_fan_out", json!(true)),
+            ("bias", json!("all")),
+            ("use_rslora", json!(true)),
+            ("use_dora", json!(true)),
+            ("modules_to_save", json!(["classifier"])),
+            ("alpha_pattern", json!({"query": 16})),
+            ("layers_to_transform", json!([0])),
+            ("r", json!(-1)),
+            ("target_modules", json!(["key"])),
+        ];
+        for (field, value) in cases {
+            let mut c = config();
+            c[field] = value;
+            match import_with(&c, &good()) {
+                Err(PeftInteropError::Unsupported { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: expected Unsupported, got {other:?}"),
+            }
+        }
+        // An alpha_pattern that repeats the global alpha is harmless.
+        let mut c = config();
+        c["alpha_pattern"] = json!({"query": 4});
+        import_with(&c, &good()).unwrap();
+    }
+
+    #[test]
+    fn peft_interop_refuses_unknown_ambiguous_and_stray_tensors() {
+        let t = lora_tensors(&[("encoder.layer.0.attention.self.nope", [2, 32], [32, 2])]);
+        match import_with(&config(), &t) {
+            Err(PeftInteropError::UnknownModule { tensor }) => assert!(tensor.contains(".nope.lora_"), "{tensor}"),
+            other => panic!("expected UnknownModule, got {other:?}"),
+        }
+        let t = lora_tensors(&[("attention.self.query", [2, 32], [32, 2])]);
+        match import_with(&config(), &t) {
+            Err(PeftInteropError::AmbiguousModule { candidates, .. }) => {
+                assert_eq!(candidates, ["m.encoder.layer.0.attention.self.query", "m.encoder.layer.1.attention.self.query"])
+            }
+            other => panic!("expected AmbiguousModule, got {other:?}"),
+        }
+        let mut t = good();
+        t[0].0 = format!("{L0Q}.lora_A.weight"); // no base_model.model. prefix
+        assert!(matches!(import_with(&config(), &t), Err(PeftInteropError::UnexpectedTensor { .. })));
+    }
+
+    #[test]
+    fn peft_interop_refuses_bad_shapes_and_lone_factors() {
+        // In-features wrong.
+        let t = lora_tensors(&[(L0Q, [2, 31], [32, 2])]);
+        match import_with(&config(), &t) {
+            Err(PeftInteropError::Shape { expected, found, tensor }) => {
+                assert_eq!((expected, found), (vec![2, 32], vec![2, 31]));
+                assert!(tensor.ends_with("lora_A.weight"));
+            }
+            other => panic!("expected Shape, got {other:?}"),
+        }
+        // Rank disagrees with r (and with rank_pattern).
+        let t = lora_tensors(&[(L0Q, [3, 32], [32, 3])]);
+        assert!(matches!(import_with(&config(), &t), Err(PeftInteropError::Shape { .. })));
+        let mut c = config();
+        c["rank_pattern"] = json!({ "layer.0.attention.self.query": 3 });
+        let d = import_with(&c, &t).unwrap();
+        assert_eq!(d.tensors[0].shape, [3, 32]);
+        // An A without its B.
+        let mut t = good();
+        t.remove(1);
+        match import_with(&config(), &t) {
+            Err(PeftInteropError::MissingPair { module }) => assert_eq!(module, L0Q),
+            other => panic!("expected MissingPair, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn peft_interop_bad_json_and_missing_files_are_typed() {
+        let dir = temp_dir();
+        assert!(matches!(import_peft_adapter(&dir, &base(), FP), Err(PeftInteropError::Io { .. })));
+        std::fs::write(dir.join(CONFIG_FILE), "{not json").unwrap();
+        assert!(matches!(import_peft_adapter(&dir, &base(), FP), Err(PeftInteropError::Json { .. })));
+        std::fs::write(dir.join(CONFIG_FILE), serde_json::to_string(&config()).unwrap()).unwrap();
+        std::fs::write(dir.join(WEIGHTS_FILE), b"garbage!garbage!").unwrap();
+        assert!(matches!(import_peft_adapter(&dir, &base(), FP), Err(PeftInteropError::Safetensors { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn peft_interop_export_then_import_is_bit_exact() {
+        let mut c = config();
+        c["rank_pattern"] = json!({ "layer.0.attention.self.query": 3 });
+        let t = lora_tensors(&[(L0Q, [3, 32], [32, 3]), (L1V, [2, 32], [32, 2])]);
+        let d = import_with(&c, &t).unwrap();
+        let out = temp_dir().join("exported");
+        export_peft_adapter(&d, &out, "m.").unwrap();
+        // PEFT's names, without the exporter's prefix.
+        let bytes = std::fs::read(out.join(WEIGHTS_FILE)).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = st.names();
+        names.sort();
+        assert_eq!(names[0], format!("{PEFT_PREFIX}{L0Q}.lora_A.weight"));
+        let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join(CONFIG_FILE)).unwrap()).unwrap();
+        assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["bias"].as_str()), (Some("LORA"), Some(2), Some("none")));
+        assert_eq!(cfg["rank_pattern"], json!({ "layer.0.attention.self.query": 3 }));
+        let back = import_peft_adapter(&out, &base(), FP).unwrap();
+        assert_eq!(back.method, d.method);
+        assert_eq!(back.tensors.len(), d.tensors.len());
+        for (x, y) in back.tensors.iter().zip(&d.tensors) {
+            assert_eq!((&x.name, &x.shape), (&y.name, &y.shape));
+            let bits = |t: &NamedTensor| f32s(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(x), bits(y), "{}", x.name);
+        }
+        // No temporary file is left behind.
+        let mut files: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort();
+        assert_eq!(files, [CONFIG_FILE, WEIGHTS_FILE]);
+        let _ = std::fs::remove_dir_all(out.parent().unwrap());
+    }
+
+    #[test]
+    fn peft_interop_export_refuses_lone_factor_and_bitfit() {
+        let mut d = import_with(&config(), &good()).unwrap();
+        d.tensors.remove(3);
+        let out = temp_dir();
+        match export_peft_adapter(&d, &out, "m.") {
+            Err(PeftInteropError::MissingPair { module }) => assert_eq!(module, format!("m.{L1V}")),
+            other => panic!("expected MissingPair, got {other:?}"),
+        }
+        d.method = PeftMethod::BitFit(Default::default());
+        assert!(matches!(export_peft_adapter(&d, &out, "m."), Err(PeftInteropError::Unsupported { .. })));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}

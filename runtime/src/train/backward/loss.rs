@@ -1,0 +1,143 @@
+//! Training heads: masked mean pooling and the losses (cross-entropy, mean squared error).
+
+/// Masked mean over positions: `pooled[b,h] = Σₛ m[b,s]·x[b,s,h] / max(Σₛ m[b,s], 1e-9)`
+/// (sentence-transformers' pooling, clamp included), `hidden` `[batch, seq, d]`, `mask`
+/// `[batch, seq]` of 0/1 weights, `pooled` `[batch, d]`. Sums in f64.
+///
+/// Panics if the lengths do not fit `batch`.
+pub fn mean_pool(hidden: &[f32], mask: &[f32], batch: usize) -> Vec<f32> {
+    let (seq, d) = pool_dims(hidden.len(), mask.len(), batch, "mean_pool");
+    let mut out = vec![0f32; batch * d];
+    for b in 0..batch {
+        let m = &mask[b * seq..(b + 1) * seq];
+        let denom = pool_denominator(m);
+        for h in 0..d {
+            let s: f64 = (0..seq).map(|s| f64::from(m[s]) * f64::from(hidden[(b * seq + s) * d + h])).sum();
+            out[b * d + h] = (s / denom) as f32;
+        }
+    }
+    out
+}
+
+fn pool_dims(hidden: usize, mask: usize, batch: usize, what: &str) -> (usize, usize) {
+    assert!(batch > 0 && mask % batch == 0, "{what}: mask is not {batch} rows");
+    let seq = mask / batch;
+    assert!(seq > 0 && hidden % (batch * seq) == 0, "{what}: hidden is not [{batch}, {seq}, d]");
+    (seq, hidden / (batch * seq))
+}
+
+fn pool_denominator(m: &[f32]) -> f64 {
+    m.iter().map(|&v| f64::from(v)).sum::<f64>().max(1e-9)
+}
+
+/// Gradient of [`mean_pool`] with respect to the hidden states.
+///
+/// Pooling is linear in x: `∂pooled[b,h]/∂x[b,s,h] = m[b,s] / max(Σₛ m[b,s], 1e-9)`, so
+/// `dx[b,s,h] = m[b,s]·dpooled[b,h] / max(Σₛ m[b,s], 1e-9)`; masked positions get zero.
+/// The mask is an input, not a parameter, and gets no gradient. Returns `[batch, seq, d]`.
+pub fn mean_pool_backward(mask: &[f32], batch: usize, dpooled: &[f32]) -> Vec<f32> {
+    assert!(batch > 0 && mask.len() % batch == 0 && dpooled.len() % batch == 0, "mean_pool_backward: sizes do not fit batch {batch}");
+    let (seq, d) = (mask.len() / batch, dpooled.len() / batch);
+    let mut dx = vec![0f32; batch * seq * d];
+    for b in 0..batch {
+        let m = &mask[b * seq..(b + 1) * seq];
+        let denom = pool_denominator(m);
+        for s in 0..seq {
+            let w = f64::from(m[s]) / denom;
+            for h in 0..d {
+                dx[(b * seq + s) * d + h] = (w * f64::from(dpooled[b * d + h])) as f32;
+            }
+        }
+    }
+    dx
+}
+
+/// Softmax cross-entropy of `logits` `[batch, classes]` against class indices, averaged over
+/// the batch: `L = −(1/B)·Σ_b log softmax(z_b)[y_b]`. Returns `(L, dlogits)`.
+///
+/// `∂L/∂z_{b,c} = (softmax(z_b)_c − [c = y_b]) / B`. Log-sum-exp and softmax in f64, shifted by
+/// the row maximum so large logits do not overflow.
+///
+/// Panics if `logits` is not `labels.len()` rows or a label is out of range.
+pub fn cross_entropy(logits: &[f32], labels: &[usize]) -> (f32, Vec<f32>) {
+    let batch = labels.len();
+    assert!(batch > 0 && logits.len() % batch == 0, "cross_entropy: logits are not {batch} rows");
+    let classes = logits.len() / batch;
+    let mut dz = vec![0f32; logits.len()];
+    let mut loss = 0f64;
+    for ((z, g), &y) in logits.chunks_exact(classes).zip(dz.chunks_exact_mut(classes)).zip(labels) {
+        assert!(y < classes, "cross_entropy: label {y} of {classes} classes");
+        let max = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+        let sum: f64 = z.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+        let lse = max + sum.ln();
+        loss += lse - f64::from(z[y]);
+        for (c, (g, &v)) in g.iter_mut().zip(z).enumerate() {
+            let p = (f64::from(v) - lse).exp();
+            *g = ((p - if c == y { 1.0 } else { 0.0 }) / batch as f64) as f32;
+        }
+    }
+    ((loss / batch as f64) as f32, dz)
+}
+
+/// Mean squared error over all elements: `L = (1/N)·Σ (p − t)²`. Returns `(L, dpred)` with
+/// `∂L/∂p = 2(p − t)/N`. The sum is in f64.
+///
+/// Panics if `pred` and `target` differ in length or are empty.
+pub fn mse(pred: &[f32], target: &[f32]) -> (f32, Vec<f32>) {
+    assert!(!pred.is_empty() && pred.len() == target.len(), "mse: pred and target differ in length or are empty");
+    let n = pred.len() as f64;
+    let loss: f64 = pred.iter().zip(target).map(|(&p, &t)| (f64::from(p) - f64::from(t)).powi(2)).sum::<f64>() / n;
+    let dp = pred.iter().zip(target).map(|(&p, &t)| (2.0 * (f64::from(p) - f64::from(t)) / n) as f32).collect();
+    (loss as f32, dp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::backward::gradcheck::{check, dot, Rng};
+
+    #[test]
+    fn mean_pool_gradient_matches_finite_differences_and_skips_masked_positions() {
+        let (batch, seq, d) = (2, 5, 3);
+        let mask = [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+        let mut rng = Rng::new(9);
+        let x = rng.f32s(batch * seq * d, -1.0, 1.0);
+        let dp = rng.f32s(batch * d, -1.0, 1.0);
+        let dx = mean_pool_backward(&mask, batch, &dp);
+        // Linear in x: no truncation error, so a large step; f64 sums → rounding ~1e-7/2h.
+        check("pool dx", &x, &dx, 0.25, 1e-5, |x| dot(&dp, &mean_pool(x, &mask, batch)));
+        assert_eq!(dx[3 * d], 0.0, "masked position");
+        assert!((dx[0] - dp[0] / 3.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn cross_entropy_gradient_matches_finite_differences_of_its_loss() {
+        let (batch, classes) = (3, 5);
+        let mut rng = Rng::new(10);
+        let z = rng.f32s(batch * classes, -3.0, 3.0);
+        let labels = [4, 0, 2];
+        let (_, dz) = cross_entropy(&z, &labels);
+        // The loss is computed in f64 but its result is rounded to f32 (~6e-8 relative of
+        // L ≈ 2), /2h with h = 1e-2 → 1e-5; truncation O(h²) ≈ 1e-5 → tol 1e-3.
+        check("dlogits", &z, &dz, 1e-2, 1e-3, |z| f64::from(cross_entropy(z, &labels).0));
+        // Each row of dlogits sums to zero (softmax sums to one, one-hot to one).
+        for row in dz.chunks(classes) {
+            assert!(row.iter().sum::<f32>().abs() < 1e-7);
+        }
+        // Uniform logits over 5 classes: L = ln 5, whatever the labels.
+        let (l, _) = cross_entropy(&[7.0; 10], &[1, 3]);
+        assert!((l - 5f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mse_gradient_matches_finite_differences_of_its_loss() {
+        let mut rng = Rng::new(11);
+        let p = rng.f32s(7, -1.0, 1.0);
+        let t = rng.f32s(7, -1.0, 1.0);
+        let (l, dp) = mse(&p, &t);
+        // Quadratic: central differences are exact up to rounding of the f32 loss /2h.
+        check("dpred", &p, &dp, 0.1, 1e-4, |p| f64::from(mse(p, &t).0));
+        assert_eq!(mse(&[1.0, 3.0], &[0.0, 1.0]).0, 2.5);
+        assert!(l > 0.0);
+    }
+}
