@@ -117,6 +117,22 @@ impl Session {
         Ok((Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()), per_op))
     }
 
+    /// The graph this session runs (the base's, or its copy with a delta applied).
+    pub fn graph(&self) -> &crate::graph::Graph {
+        &self.graph
+    }
+
+    /// Runs the model keeping every intermediate value, for a backward pass.
+    pub fn run_keep(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<Option<Tensor>>> {
+        let feeds = self.check_inputs(inputs)?;
+        self.pool.install(|| self.plan.execute_keep(&self.graph, feeds))
+    }
+
+    /// Runs `f` on this session's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     fn check_inputs(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(crate::graph::ValueId, Tensor)>> {
         let g = &*self.graph;
         let mut feeds = Vec::with_capacity(g.inputs.len());

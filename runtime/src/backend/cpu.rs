@@ -36,6 +36,29 @@ impl Plan {
         self.execute_timed(g, feeds, None)
     }
 
+    /// Runs the graph and keeps every value (for a backward pass): the returned slots hold the
+    /// feeds and every computed value; constants stay in the graph.
+    pub fn execute_keep(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>) -> Result<Vec<Option<Tensor>>> {
+        let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];
+        for (v, t) in feeds {
+            slots[v] = Some(t);
+        }
+        for node in &g.nodes {
+            let outs = {
+                let inputs: Vec<Option<&Tensor>> = node
+                    .inputs
+                    .iter()
+                    .map(|v| v.and_then(|v| slots[v].as_ref().or(g.values[v].constant.as_ref())))
+                    .collect();
+                node.op.eval(&inputs, &node.name)?
+            };
+            for (&v, t) in node.outputs.iter().zip(outs) {
+                slots[v] = Some(t);
+            }
+        }
+        Ok(slots)
+    }
+
     /// [`Plan::execute`], adding each node's wall time to `times[node index]` when given.
     pub fn execute_timed(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, mut times: Option<&mut [std::time::Duration]>) -> Result<Vec<Tensor>> {
         let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];

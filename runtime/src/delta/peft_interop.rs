@@ -233,7 +233,10 @@ fn parse_config(path: &Path, text: &str) -> Result<AdapterConfig> {
         Value::Null => {}
         Value::Object(o) => {
             for (k, v) in o {
-                let rk = v.as_u64().and_then(|r| u32::try_from(r).ok()).ok_or_else(|| unsupported(format!("rank_pattern[{k:?}]"), v))?;
+                let rk = v
+                    .as_u64()
+                    .and_then(|r| u32::try_from(r).ok())
+                    .ok_or_else(|| unsupported(format!("rank_pattern[{k:?}]"), v))?;
                 rank_pattern.push((k.clone(), rk));
             }
         }
@@ -295,13 +298,19 @@ fn find_linear(base: &Base, path: &str, tensor: &str) -> Result<(String, usize, 
 /// tensor that does not map to exactly one base `Linear` with matching sizes and rank.
 pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Result<Delta> {
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|source| PeftInteropError::Io { action: "read", path: config_path.clone(), source })?;
+    let text = std::fs::read_to_string(&config_path).map_err(|source| PeftInteropError::Io {
+        action: "read",
+        path: config_path.clone(),
+        source,
+    })?;
     let AdapterConfig { mut lora, targets_from_tensors } = parse_config(&config_path, &text)?;
 
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&weights_path)
-        .map_err(|source| PeftInteropError::Io { action: "read", path: weights_path.clone(), source })?;
+    let bytes = std::fs::read(&weights_path).map_err(|source| PeftInteropError::Io {
+        action: "read",
+        path: weights_path.clone(),
+        source,
+    })?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|source| PeftInteropError::Safetensors { path: weights_path.clone(), source })?;
 
@@ -358,10 +367,18 @@ pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Re
         }
         let r = lora.rank_for(module) as usize;
         if *a_shape != [r, p.k] {
-            return Err(PeftInteropError::Shape { tensor: a_name.clone(), expected: vec![r, p.k], found: a_shape.clone() });
+            return Err(PeftInteropError::Shape {
+                tensor: a_name.clone(),
+                expected: vec![r, p.k],
+                found: a_shape.clone(),
+            });
         }
         if *b_shape != [p.n, r] {
-            return Err(PeftInteropError::Shape { tensor: b_name.clone(), expected: vec![p.n, r], found: b_shape.clone() });
+            return Err(PeftInteropError::Shape {
+                tensor: b_name.clone(),
+                expected: vec![p.n, r],
+                found: b_shape.clone(),
+            });
         }
         let dims = |s: &[usize]| s.iter().map(|&d| u32::try_from(d).unwrap_or(u32::MAX)).collect::<Vec<u32>>();
         tensors.push(NamedTensor::f32(format!("{module}.lora_A"), &dims(a_shape), a.clone()));
@@ -391,8 +408,11 @@ pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Re
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    std::fs::write(&tmp, bytes)
-        .map_err(|source| PeftInteropError::Io { action: "write", path: tmp.clone(), source })?;
+    std::fs::write(&tmp, bytes).map_err(|source| PeftInteropError::Io {
+        action: "write",
+        path: tmp.clone(),
+        source,
+    })?;
     std::fs::rename(&tmp, path).map_err(|source| {
         let _ = std::fs::remove_file(&tmp); // best effort; the rename error is the one to report
         PeftInteropError::Io { action: "rename a temporary file over", path: path.to_owned(), source }
@@ -480,8 +500,11 @@ pub fn export_peft_adapter(delta: &Delta, dir: &Path, module_prefix_to_strip: &s
     let config_path = dir.join(CONFIG_FILE);
     let text = serde_json::to_string_pretty(&config).map_err(|e| json_err(&config_path, e))?;
 
-    std::fs::create_dir_all(dir)
-        .map_err(|source| PeftInteropError::Io { action: "create", path: dir.to_owned(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| PeftInteropError::Io {
+        action: "create",
+        path: dir.to_owned(),
+        source,
+    })?;
     write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
     write_atomic(&config_path, text.as_bytes())
 }
@@ -509,8 +532,11 @@ mod tests {
 
     fn temp_dir() -> PathBuf {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir()
-            .join(format!("kilotune-peft-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let d = std::env::temp_dir().join(format!(
+            "kilotune-peft-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -604,7 +630,10 @@ mod tests {
         assert_eq!(d.tensors[0].shape, [2, 32]);
         assert_eq!(d.tensors[1].shape, [32, 2]);
         for (t, (_, _, want)) in d.tensors.iter().zip(&tensors) {
-            assert_eq!(f32s(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                f32s(t).iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 
@@ -665,13 +694,18 @@ mod tests {
     fn peft_interop_refuses_unknown_ambiguous_and_stray_tensors() {
         let t = lora_tensors(&[("encoder.layer.0.attention.self.nope", [2, 32], [32, 2])]);
         match import_with(&config(), &t) {
-            Err(PeftInteropError::UnknownModule { tensor }) => assert!(tensor.contains(".nope.lora_"), "{tensor}"),
+            Err(PeftInteropError::UnknownModule { tensor }) => {
+                assert!(tensor.contains(".nope.lora_"), "{tensor}")
+            }
             other => panic!("expected UnknownModule, got {other:?}"),
         }
         let t = lora_tensors(&[("attention.self.query", [2, 32], [32, 2])]);
         match import_with(&config(), &t) {
             Err(PeftInteropError::AmbiguousModule { candidates, .. }) => {
-                assert_eq!(candidates, ["m.encoder.layer.0.attention.self.query", "m.encoder.layer.1.attention.self.query"])
+                assert_eq!(
+                    candidates,
+                    ["m.encoder.layer.0.attention.self.query", "m.encoder.layer.1.attention.self.query"]
+                )
             }
             other => panic!("expected AmbiguousModule, got {other:?}"),
         }
@@ -734,7 +768,10 @@ mod tests {
         names.sort();
         assert_eq!(names[0], format!("{PEFT_PREFIX}{L0Q}.lora_A.weight"));
         let cfg: Value = serde_json::from_str(&std::fs::read_to_string(out.join(CONFIG_FILE)).unwrap()).unwrap();
-        assert_eq!((cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["bias"].as_str()), (Some("LORA"), Some(2), Some("none")));
+        assert_eq!(
+            (cfg["peft_type"].as_str(), cfg["r"].as_u64(), cfg["bias"].as_str()),
+            (Some("LORA"), Some(2), Some("none"))
+        );
         assert_eq!(cfg["rank_pattern"], json!({ "layer.0.attention.self.query": 3 }));
         let back = import_peft_adapter(&out, &base(), FP).unwrap();
         assert_eq!(back.method, d.method);

@@ -40,8 +40,33 @@ pub struct Attention {
     pub out_bshd: bool,
 }
 
+/// The mask's elements and (batch, head, row) strides for scores of shape `full`
+/// = [B, H, Sq, Sk]; a mask broadcast along keys is materialized so keys stay contiguous.
+pub(crate) fn prepare_mask(m: &Tensor, full: [usize; 4]) -> Result<(std::borrow::Cow<'_, [f32]>, [usize; 3])> {
+    let bs = broadcast::broadcast_shapes(m.shape(), &full)
+        .filter(|s| s.as_slice() == full)
+        .ok_or_else(|| shape_err(format!("Attention mask {:?} does not fit {full:?}", m.shape())))?;
+    let md = m.typed::<f32>("Attention mask")?;
+    let st = broadcast::broadcast_strides(m.shape(), &bs);
+    if st[3] == 1 || full[3] == 1 {
+        return Ok((std::borrow::Cow::Borrowed(md), [st[0], st[1], st[2]]));
+    }
+    let e = crate::ops::shape::expand(m, &Tensor::new(&[4], full.iter().map(|&x| x as i64).collect())?)?;
+    let st = broadcast::broadcast_strides(&full, &full);
+    Ok((std::borrow::Cow::Owned(e.typed::<f32>("Attention mask")?.to_vec()), [st[0], st[1], st[2]]))
+}
+
+/// Reads an operand in `layout` as contiguous [B, H, S, D] (copying only for [B, S, H, D]).
+pub(crate) fn to_bhsd(t: &Tensor, layout: Layout) -> Result<Vec<f32>> {
+    let v = t.typed::<f32>("Attention operand")?;
+    Ok(match layout {
+        Layout::Bhsd => v.to_vec(),
+        Layout::Bshd => permute(v, t.shape(), &[0, 2, 1, 3]),
+    })
+}
+
 /// (batch, heads, seq, head_dim, strides) of an operand in `layout`.
-fn view(t: &Tensor, layout: Layout, what: &str) -> Result<([usize; 4], Strides)> {
+pub(crate) fn view(t: &Tensor, layout: Layout, what: &str) -> Result<([usize; 4], Strides)> {
     if t.rank() != 4 {
         return Err(shape_err(format!("Attention {what}: expected rank 4, got {:?}", t.shape())));
     }
@@ -68,27 +93,8 @@ impl Attention {
         }
         let dims = AttentionDims { batch: b, heads: h, kv_heads: kh, q_len: sq, kv_len: sk, head_dim: d };
         let full = [b, h, sq, sk];
-        let mask_owned;
-        let mask_view = match mask {
-            Some(m) => {
-                let bs = broadcast::broadcast_shapes(m.shape(), &full)
-                    .filter(|s| s.as_slice() == full)
-                    .ok_or_else(|| shape_err(format!("Attention mask {:?} does not fit {full:?}", m.shape())))?;
-                let md = m.typed::<f32>("Attention mask")?;
-                let mut st = broadcast::broadcast_strides(m.shape(), &bs);
-                let data: &[f32] = if st[3] == 1 || sk == 1 {
-                    md
-                } else {
-                    // A mask broadcast along keys: materialize rows so the kernel reads them densely.
-                    let e = crate::ops::shape::expand(m, &Tensor::new(&[4], full.iter().map(|&x| x as i64).collect())?)?;
-                    mask_owned = e;
-                    st = broadcast::broadcast_strides(&full, &full);
-                    mask_owned.typed::<f32>("Attention mask")?
-                };
-                Some(MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] })
-            }
-            None => None,
-        };
+        let prepared = mask.map(|m| prepare_mask(m, full)).transpose()?;
+        let mask_view = prepared.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
         let q = Operand { data: q.typed::<f32>("Q")?, strides: qs };
         let k = Operand { data: k.typed::<f32>("K")?, strides: ks };
         let v = Operand { data: v.typed::<f32>("V")?, strides: vst };

@@ -47,7 +47,7 @@ pub fn silu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
 ///
 /// Panics if `y` and `dy` differ in length or are not whole rows of `d`.
 pub fn softmax_backward(y: &[f32], dy: &[f32], d: usize) -> Vec<f32> {
-    assert!(d > 0 && y.len() % d == 0, "softmax_backward: y is not rows of {d}");
+    assert!(d > 0 && y.len().is_multiple_of(d), "softmax_backward: y is not rows of {d}");
     assert_eq!(y.len(), dy.len(), "softmax_backward: y and dy differ in length");
     let mut dx = vec![0f32; y.len()];
     for ((yr, gr), dr) in y.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {

@@ -14,7 +14,7 @@ use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_at, matmul_f32_bt};
 /// Panics if `w_kn` is not `k·n` long or `dy` is not a whole number of rows of `n`.
 pub fn linear_backward(w_kn: &[f32], k: usize, n: usize, dy: &[f32]) -> Vec<f32> {
     assert_eq!(w_kn.len(), k * n, "linear_backward: weight is not k×n");
-    assert!(n > 0 && dy.len() % n == 0, "linear_backward: dy is not rows of {n}");
+    assert!(n > 0 && dy.len().is_multiple_of(n), "linear_backward: dy is not rows of {n}");
     let m = dy.len() / n;
     let mut dx = vec![0f32; m * k];
     // dx[m×k] = dy[m×n] · (W[k×n])ᵀ: W is exactly the transposed operand `bt[k×n]`.
@@ -28,7 +28,7 @@ pub fn linear_backward(w_kn: &[f32], k: usize, n: usize, dy: &[f32]) -> Vec<f32>
 ///
 /// Panics if `dy` is not a whole number of rows of `n`.
 pub fn linear_bias_grad(dy: &[f32], n: usize) -> Vec<f32> {
-    assert!(n > 0 && dy.len() % n == 0, "linear_bias_grad: dy is not rows of {n}");
+    assert!(n > 0 && dy.len().is_multiple_of(n), "linear_bias_grad: dy is not rows of {n}");
     let mut acc = vec![0f64; n];
     for row in dy.chunks_exact(n) {
         acc.iter_mut().zip(row).for_each(|(a, &g)| *a += f64::from(g));

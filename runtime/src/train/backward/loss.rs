@@ -20,9 +20,9 @@ pub fn mean_pool(hidden: &[f32], mask: &[f32], batch: usize) -> Vec<f32> {
 }
 
 fn pool_dims(hidden: usize, mask: usize, batch: usize, what: &str) -> (usize, usize) {
-    assert!(batch > 0 && mask % batch == 0, "{what}: mask is not {batch} rows");
+    assert!(batch > 0 && mask.is_multiple_of(batch), "{what}: mask is not {batch} rows");
     let seq = mask / batch;
-    assert!(seq > 0 && hidden % (batch * seq) == 0, "{what}: hidden is not [{batch}, {seq}, d]");
+    assert!(seq > 0 && hidden.is_multiple_of(batch * seq), "{what}: hidden is not [{batch}, {seq}, d]");
     (seq, hidden / (batch * seq))
 }
 
@@ -36,7 +36,7 @@ fn pool_denominator(m: &[f32]) -> f64 {
 /// `dx[b,s,h] = m[b,s]·dpooled[b,h] / max(Σₛ m[b,s], 1e-9)`; masked positions get zero.
 /// The mask is an input, not a parameter, and gets no gradient. Returns `[batch, seq, d]`.
 pub fn mean_pool_backward(mask: &[f32], batch: usize, dpooled: &[f32]) -> Vec<f32> {
-    assert!(batch > 0 && mask.len() % batch == 0 && dpooled.len() % batch == 0, "mean_pool_backward: sizes do not fit batch {batch}");
+    assert!(batch > 0 && mask.len().is_multiple_of(batch) && dpooled.len().is_multiple_of(batch), "mean_pool_backward: sizes do not fit batch {batch}");
     let (seq, d) = (mask.len() / batch, dpooled.len() / batch);
     let mut dx = vec![0f32; batch * seq * d];
     for b in 0..batch {
@@ -61,7 +61,7 @@ pub fn mean_pool_backward(mask: &[f32], batch: usize, dpooled: &[f32]) -> Vec<f3
 /// Panics if `logits` is not `labels.len()` rows or a label is out of range.
 pub fn cross_entropy(logits: &[f32], labels: &[usize]) -> (f32, Vec<f32>) {
     let batch = labels.len();
-    assert!(batch > 0 && logits.len() % batch == 0, "cross_entropy: logits are not {batch} rows");
+    assert!(batch > 0 && logits.len().is_multiple_of(batch), "cross_entropy: logits are not {batch} rows");
     let classes = logits.len() / batch;
     let mut dz = vec![0f32; logits.len()];
     let mut loss = 0f64;

@@ -33,7 +33,7 @@ fn row_stats(x: &[f32], eps: f32) -> (f64, f64) {
 /// Panics if `x` and `dy` differ in length or are not whole rows of `d`.
 pub fn layer_norm_backward(x: &[f32], gamma: &[f32], eps: f32, dy: &[f32]) -> LayerNormGrads {
     let d = gamma.len();
-    assert!(d > 0 && x.len() % d == 0, "layer_norm_backward: x is not rows of {d}");
+    assert!(d > 0 && x.len().is_multiple_of(d), "layer_norm_backward: x is not rows of {d}");
     assert_eq!(x.len(), dy.len(), "layer_norm_backward: x and dy differ in length");
     let mut dx = vec![0f32; x.len()];
     let (mut dgamma, mut dbeta) = (vec![0f64; d], vec![0f64; d]);
@@ -78,7 +78,7 @@ pub fn add_layer_norm_backward(x: &[f32], skip: &[f32], gamma: &[f32], eps: f32,
 /// Panics if `x` and `dy` differ in length or are not whole rows of `d`.
 pub fn rms_norm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32]) -> Vec<f32> {
     let d = w.len();
-    assert!(d > 0 && x.len() % d == 0, "rms_norm_backward: x is not rows of {d}");
+    assert!(d > 0 && x.len().is_multiple_of(d), "rms_norm_backward: x is not rows of {d}");
     assert_eq!(x.len(), dy.len(), "rms_norm_backward: x and dy differ in length");
     let mut dx = vec![0f32; x.len()];
     for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {

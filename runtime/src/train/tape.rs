@@ -1,0 +1,225 @@
+//! Reverse-mode differentiation over the fused graph.
+//!
+//! The forward pass keeps every intermediate (checkpointing comes later); the reverse pass
+//! walks the nodes backwards and sends each output's gradient to the inputs that lead to a
+//! trainable parameter: LoRA A/B of a `Linear`, a `Linear`'s bias, or a named constant such as
+//! a LayerNorm's β. Frozen weights never get a weight gradient; only the input gradient flows
+//! through them, computed from the weights as stored (int8 weights dequantized).
+
+use std::collections::{HashMap, HashSet};
+
+use super::backward::{activation, attention as attn_bw, linear as lin_bw, norm as norm_bw};
+use crate::error::{Error, Result};
+use crate::graph::{Graph, ValueId};
+use crate::kernels::attention::{AttentionDims, MaskView};
+use crate::ops::attention::{prepare_mask, to_bhsd, view, Layout};
+use crate::ops::broadcast::{broadcast_strides, for_each_offset};
+use crate::ops::shape::permute;
+use crate::ops::{BinaryOp, Op};
+use crate::tensor::Tensor;
+
+/// What a training step differentiates with respect to.
+#[derive(Clone, Debug, Default)]
+pub struct Trainables {
+    /// Nodes (indices into `Graph::nodes`) whose `Linear` LoRA A/B are trained.
+    pub lora: HashSet<usize>,
+    /// Nodes whose `Linear` bias is trained (BitFit).
+    pub linear_bias: HashSet<usize>,
+    /// Constant values trained as additive deltas (e.g. LayerNorm β for BitFit).
+    pub constants: HashSet<ValueId>,
+}
+
+/// Gradients of the loss with respect to every trainable.
+#[derive(Clone, Debug, Default)]
+pub struct Grads {
+    /// Per node: (dA [r×k], dB [n×r]).
+    pub lora: HashMap<usize, (Vec<f32>, Vec<f32>)>,
+    /// Per node: dbias [n].
+    pub linear_bias: HashMap<usize, Vec<f32>>,
+    /// Per constant value: d(delta), its shape.
+    pub constants: HashMap<ValueId, Vec<f32>>,
+}
+
+fn unsupported(op: &Op) -> Error {
+    Error::Config(format!("training through `{}` is not supported yet", op.name()))
+}
+
+/// Sums a broadcast gradient back to `shape` (the reverse of NumPy broadcasting).
+fn unbroadcast(dy: &[f32], out: &[usize], shape: &[usize]) -> Vec<f32> {
+    if out == shape {
+        return dy.to_vec();
+    }
+    let mut g = vec![0f32; shape.iter().product()];
+    let st = broadcast_strides(shape, out);
+    for_each_offset(out, [st], |i, [o]| g[o] += dy[i]);
+    g
+}
+
+/// Which values depend on a trainable (only their gradients are worth computing).
+fn reaching(g: &Graph, t: &Trainables) -> Vec<bool> {
+    let mut r = vec![false; g.values.len()];
+    for &c in &t.constants {
+        r[c] = true;
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        let own = t.lora.contains(&i) || t.linear_bias.contains(&i);
+        if own || n.inputs.iter().flatten().any(|&v| r[v]) {
+            for &o in &n.outputs {
+                r[o] = true;
+            }
+        }
+    }
+    r
+}
+
+/// Gradients of a scalar loss, given d(loss)/d(`seed.0`) = `seed.1`, from a forward pass whose
+/// every value is in `slots` (graph inputs and computed values; constants are read from `g`).
+pub fn backward(g: &Graph, slots: &[Option<Tensor>], seed: (ValueId, Vec<f32>), t: &Trainables) -> Result<Grads> {
+    let reach = reaching(g, t);
+    let value = |v: ValueId| -> Result<&Tensor> {
+        slots[v].as_ref().or(g.values[v].constant.as_ref()).ok_or_else(|| Error::InvalidModel(format!("value `{}` was not kept", g.values[v].name)))
+    };
+    let f32s = |v: ValueId| -> Result<&[f32]> { value(v)?.typed::<f32>("gradient input") };
+    let mut grads: Vec<Option<Vec<f32>>> = vec![None; g.values.len()];
+    let mut out = Grads::default();
+    grads[seed.0] = Some(seed.1);
+    // Adds `d` to the gradient of `v` if `v` leads to a trainable.
+    let send = |grads: &mut Vec<Option<Vec<f32>>>, v: Option<ValueId>, d: Vec<f32>, out: &mut Grads| {
+        let Some(v) = v else { return };
+        if t.constants.contains(&v) {
+            match out.constants.get_mut(&v) {
+                Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
+                None => {
+                    out.constants.insert(v, d);
+                }
+            }
+            return;
+        }
+        if !reach[v] || g.values[v].constant.is_some() {
+            return;
+        }
+        match &mut grads[v] {
+            Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
+            slot @ None => *slot = Some(d),
+        }
+    };
+    for (i, n) in g.nodes.iter().enumerate().rev() {
+        let Some(&o) = n.outputs.first() else { continue };
+        let Some(dy) = grads[o].take() else { continue };
+        let inp = |k: usize| n.inputs.get(k).copied().flatten();
+        let wants = |k: usize| inp(k).is_some_and(|v| reach[v] || t.constants.contains(&v));
+        match &n.op {
+            Op::Linear(l) => {
+                let x_id = inp(0).ok_or_else(|| unsupported(&n.op))?;
+                let x = f32s(x_id)?;
+                let rows = x.len() / l.k.max(1);
+                if t.linear_bias.contains(&i) {
+                    out.linear_bias.insert(i, lin_bw::linear_bias_grad(&dy, l.n));
+                }
+                let mut dx = if wants(0) { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
+                if let Some(lora) = &l.lora {
+                    let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
+                    let gr = lin_bw::lora_backward(x, &lora.a, &lora.b, lora.scale, shape, &dy);
+                    if t.lora.contains(&i) {
+                        out.lora.insert(i, (gr.da, gr.db));
+                    }
+                    if let Some(dx) = &mut dx {
+                        dx.iter_mut().zip(&gr.dx).for_each(|(a, b)| *a += b);
+                    }
+                }
+                if let Some(dx) = dx {
+                    send(&mut grads, inp(0), dx, &mut out);
+                }
+            }
+            Op::LayerNorm { axis: -1, epsilon } => {
+                let gamma = f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?;
+                let gr = norm_bw::layer_norm_backward(f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, gamma, *epsilon, &dy);
+                send(&mut grads, inp(0), gr.dx, &mut out);
+                send(&mut grads, inp(2), gr.dbeta, &mut out);
+            }
+            Op::AddLayerNorm { epsilon } => {
+                let (x, skip) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
+                let gamma = f32s(inp(2).ok_or_else(|| unsupported(&n.op))?)?;
+                let gr = norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy);
+                send(&mut grads, inp(0), gr.dx.clone(), &mut out);
+                send(&mut grads, inp(1), gr.dx, &mut out);
+                send(&mut grads, inp(3), gr.dbeta, &mut out);
+            }
+            Op::RmsNorm { epsilon } => {
+                let (x, w) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
+                send(&mut grads, inp(0), norm_bw::rms_norm_backward(x, w, *epsilon, &dy), &mut out);
+            }
+            Op::Gelu { tanh: false } => {
+                let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                send(&mut grads, inp(0), activation::gelu_backward(x, &dy), &mut out);
+            }
+            Op::Silu => {
+                let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                send(&mut grads, inp(0), activation::silu_backward(x, &dy), &mut out);
+            }
+            Op::Attention(a) => {
+                let (qt, kt, vt) = (value(inp(0).ok_or_else(|| unsupported(&n.op))?)?, value(inp(1).ok_or_else(|| unsupported(&n.op))?)?, value(inp(2).ok_or_else(|| unsupported(&n.op))?)?);
+                let ([b, h, sq, d], _) = view(qt, a.q_layout, "Q")?;
+                let ([_, kh, sk, _], _) = view(kt, a.k_layout, "K")?;
+                let dims = AttentionDims { batch: b, heads: h, kv_heads: kh, q_len: sq, kv_len: sk, head_dim: d };
+                let mask = match inp(3) {
+                    Some(m) => Some(prepare_mask(value(m)?, [b, h, sq, sk])?),
+                    None => None,
+                };
+                let mv = mask.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
+                let dout = if a.out_bshd { dy } else { permute(&dy, &[b, h, sq, d], &[0, 2, 1, 3]) };
+                let gr = attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &to_bhsd(kt, a.k_layout)?, &to_bhsd(vt, a.v_layout)?, mv.as_ref(), a.causal, a.scale, &dims, &dout);
+                let back = |x: Vec<f32>, heads: usize, len: usize, layout: Layout| match layout {
+                    Layout::Bhsd => x,
+                    Layout::Bshd => permute(&x, &[b, heads, len, d], &[0, 2, 1, 3]),
+                };
+                send(&mut grads, inp(0), back(gr.dq, h, sq, a.q_layout), &mut out);
+                send(&mut grads, inp(1), back(gr.dk, kh, sk, a.k_layout), &mut out);
+                send(&mut grads, inp(2), back(gr.dv, kh, sk, a.v_layout), &mut out);
+            }
+            Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => {
+                let (a, bb) = (inp(0).ok_or_else(|| unsupported(&n.op))?, inp(1).ok_or_else(|| unsupported(&n.op))?);
+                let out_shape = value(o).map(|t| t.shape().to_vec()).unwrap_or_default();
+                let (sa, sb) = (value(a)?.shape().to_vec(), value(bb)?.shape().to_vec());
+                let out_shape = if out_shape.is_empty() { crate::ops::broadcast::broadcast_shapes(&sa, &sb).map(|s| s.to_vec()).unwrap_or_default() } else { out_shape };
+                let times = |other: ValueId| -> Result<Vec<f32>> {
+                    let ot = value(other)?;
+                    let dyt = Tensor::new(&out_shape, dy.clone())?;
+                    Ok(crate::ops::elementwise::binary(BinaryOp::Mul, &dyt, ot)?.to_f32_vec())
+                };
+                if wants(0) {
+                    let d = if *op == BinaryOp::Mul { times(bb)? } else { dy.clone() };
+                    send(&mut grads, Some(a), unbroadcast(&d, &out_shape, &sa), &mut out);
+                }
+                if wants(1) {
+                    let d = match op {
+                        BinaryOp::Mul => times(a)?,
+                        BinaryOp::Sub => dy.iter().map(|v| -v).collect(),
+                        _ => dy.clone(),
+                    };
+                    send(&mut grads, Some(bb), unbroadcast(&d, &out_shape, &sb), &mut out);
+                }
+            }
+            Op::Reshape { .. } | Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Flatten(_) | Op::Identity | Op::Cast(crate::tensor::DType::F32) => {
+                send(&mut grads, inp(0), dy, &mut out);
+            }
+            Op::Transpose(perm) => {
+                let x = value(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                let rank = x.rank();
+                let perm: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
+                let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+                let mut inv = vec![0; rank];
+                for (i, &p) in perm.iter().enumerate() {
+                    inv[p] = i;
+                }
+                send(&mut grads, inp(0), permute(&dy, &out_shape, &inv), &mut out);
+            }
+            op => {
+                if (0..n.inputs.len()).any(wants) {
+                    return Err(unsupported(op));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
