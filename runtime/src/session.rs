@@ -117,6 +117,19 @@ impl Session {
         Ok((Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()), per_op))
     }
 
+    /// Switches this session to another delta for the same base (or to none), keeping its
+    /// thread pool and plan: the graph's structure does not change, only its parameters.
+    pub fn set_delta(&mut self, delta: Option<&crate::delta::Delta>) -> Result<()> {
+        self.graph = match delta {
+            Some(d) => {
+                crate::peft::apply::check_base(d, &self.base.fingerprint())?;
+                Arc::new(crate::peft::apply::apply_delta(self.base.graph(), d)?)
+            }
+            None => self.base.shared_graph(),
+        };
+        Ok(())
+    }
+
     /// The graph this session runs (the base's, or its copy with a delta applied).
     pub fn graph(&self) -> &crate::graph::Graph {
         &self.graph

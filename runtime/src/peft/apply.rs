@@ -18,6 +18,10 @@ use crate::ops::{LoraPatch, Op};
 use crate::peft::PeftMethod;
 use crate::tensor::Tensor;
 
+/// Delta tensors named with this prefix belong to the task head (`head.weight`, `head.bias`),
+/// not to the base.
+pub const HEAD_PREFIX: &str = "head.";
+
 fn bad(name: &str, reason: impl Into<String>) -> Error {
     Error::Config(format!("delta tensor `{name}`: {}", reason.into()))
 }
@@ -77,6 +81,12 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
             }
             val.constant = Some(Tensor::new(c.shape(), cur.iter().zip(d).map(|(a, b)| a + b).collect())?);
             mark(&mut used, &val.name);
+        }
+    }
+    // The task head's tensors live in the delta too but act after the base.
+    for (i, t) in delta.tensors.iter().enumerate() {
+        if t.name.starts_with(HEAD_PREFIX) {
+            used[i] = true;
         }
     }
     if let Some(i) = used.iter().position(|u| !u) {

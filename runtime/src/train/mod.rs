@@ -11,4 +11,7 @@
 
 pub mod backward;
 pub mod classify;
+pub mod optim;
+pub mod rng;
 pub mod tape;
+pub mod trainer;
