@@ -18,7 +18,7 @@ use crate::session::{Session, SessionConfig};
 use crate::tensor::Tensor;
 
 /// Settings for a [`Trainer`].
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TrainConfig {
     /// Seed for parameter initialization: the same seed, data and thread count repeat a run
     /// bit for bit.
@@ -27,12 +27,6 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Optimizer, schedule and clipping.
     pub optimizer: OptimizerConfig,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig { seed: 0, threads: 0, optimizer: OptimizerConfig::default() }
-    }
 }
 
 /// One batch of classification data: the model's inputs ([batch, seq] each, including
@@ -211,17 +205,17 @@ impl Trainer {
             }
         }
         for (pi, p) in self.params.iter().enumerate() {
-            if !node_of_param.contains_key(&pi) {
+            if let std::collections::hash_map::Entry::Vacant(e) = node_of_param.entry(pi) {
                 if let Some(v) = g.value_named(&p.name) {
                     t.constants.insert(v);
-                    node_of_param.insert(pi, v);
+                    e.insert(v);
                 }
             }
         }
         (t, node_of_param)
     }
 
-    fn named<'a>(batch: &'a Batch) -> Vec<(&'a str, Tensor)> {
+    fn named(batch: &Batch) -> Vec<(&str, Tensor)> {
         batch.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()
     }
 
