@@ -18,7 +18,10 @@ use crate::EmbedArgs;
 pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
     let texts = read_texts(args)?;
     let tok = TextTokenizer::load(&args.tokenizer, args.max_len as usize)?;
-    let encodings = texts.iter().map(|t| tok.encode(t)).collect::<Result<Vec<_>>>()?;
+    let encodings = texts
+        .iter()
+        .map(|t| tok.encode(t))
+        .collect::<Result<Vec<_>>>()?;
 
     let t_load = Instant::now();
     let base = Base::load(&args.model.model, args.model.load_options(true))?;
@@ -28,7 +31,11 @@ pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
 
     // Without an attention mask the model would attend to padding, and a text's vector would
     // depend on its batch mates: run each text alone instead.
-    let batch = if feeds.has_mask { args.batch as usize } else { 1 };
+    let batch = if feeds.has_mask {
+        args.batch as usize
+    } else {
+        1
+    };
     let mut order: Vec<usize> = (0..encodings.len()).collect();
     order.sort_by_key(|&i| encodings[i].get_ids().len());
     let batches: Vec<&[usize]> = order.chunks(batch).collect();
@@ -36,8 +43,10 @@ pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
     let progress = if batches.len() > 1 && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(batches.len() as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} batches, {elapsed} elapsed, {eta} left")
-                .expect("the template is a valid literal"),
+            ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} batches, {elapsed} elapsed, {eta} left",
+            )
+            .expect("the template is a valid literal"),
         );
         bar
     } else {
@@ -49,9 +58,9 @@ pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
     let mut tokens = 0usize;
     for members in &batches {
         let group: Vec<&Encoding> = members.iter().map(|&i| &encodings[i]).collect();
-        let padded = PaddedBatch::new(&group, tok.pad_id, tok.pad_type_id);
+        let (padded, inputs) = pad_and_feed(&tok, &feeds, &group)?;
         tokens += padded.mask.iter().filter(|&&m| m).count();
-        let outputs = session.run(&feeds.inputs(&padded)?)?;
+        let outputs = session.run(&inputs)?;
         let hidden = pick_hidden(&outputs)?;
         let (seq, dim) = hidden_dims(hidden, &padded)?;
         let data = hidden.typed::<f32>("embedding output")?;
@@ -73,7 +82,11 @@ pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
         let flat: Vec<f32> = vectors.concat();
         let tensor = Tensor::new(&[vectors.len(), dim], flat)?;
         kilotune::npy::write(path, &tensor)?;
-        note(&format!("wrote {} [{}, {dim}]", path.display(), vectors.len()));
+        note(&format!(
+            "wrote {} [{}, {dim}]",
+            path.display(),
+            vectors.len()
+        ));
     } else {
         for v in &vectors {
             serde_json::to_writer(&mut *out, v).map_err(|e| CliError::Stdout(e.into()))?;
@@ -102,7 +115,11 @@ fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
     let texts = match &args.file {
         None => args.texts.clone(),
         Some(path) => {
-            let read_err = |source| CliError::Io { action: "cannot read", path: path.clone(), source };
+            let read_err = |source| CliError::Io {
+                action: "cannot read",
+                path: path.clone(),
+                source,
+            };
             let content = if path.as_os_str() == "-" {
                 let mut s = String::new();
                 std::io::stdin().read_to_string(&mut s).map_err(read_err)?;
@@ -123,9 +140,21 @@ fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
     Ok(texts)
 }
 
+/// Pads `group` (encodings from `tok`) to its longest member and builds the model's inputs
+/// from it as `feeds` declares them: the tokenization path `embed`, `train` and `eval` share.
+pub(crate) fn pad_and_feed<'a>(
+    tok: &TextTokenizer,
+    feeds: &'a FeedPlan,
+    group: &[&Encoding],
+) -> Result<(PaddedBatch, Vec<(&'a str, Tensor)>)> {
+    let padded = PaddedBatch::new(group, tok.pad_id, tok.pad_type_id);
+    let inputs = feeds.inputs(&padded)?;
+    Ok((padded, inputs))
+}
+
 /// A Hugging Face tokenizer set up for `embed`: truncation to `--max-len`, no padding of its
 /// own (batches are padded here, to their longest member).
-struct TextTokenizer {
+pub(crate) struct TextTokenizer {
     tokenizer: Tokenizer,
     path: std::path::PathBuf,
     pad_id: u32,
@@ -133,8 +162,11 @@ struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    fn load(path: &Path, max_len: usize) -> Result<TextTokenizer> {
-        let err = |e: tokenizers::Error| CliError::Tokenizer { path: path.to_owned(), reason: e.to_string() };
+    pub(crate) fn load(path: &Path, max_len: usize) -> Result<TextTokenizer> {
+        let err = |e: tokenizers::Error| CliError::Tokenizer {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
         let mut tokenizer = Tokenizer::from_file(path).map_err(err)?;
         // The file's own padding (often fixed at 128) names the pad token; BERT files without
         // one still have `[PAD]`, and 0 is BERT's id for it.
@@ -144,27 +176,38 @@ impl TextTokenizer {
         };
         tokenizer.with_padding(None);
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: max_len, ..TruncationParams::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..TruncationParams::default()
+            }))
             .map_err(err)?;
-        Ok(TextTokenizer { tokenizer, path: path.to_owned(), pad_id, pad_type_id })
+        Ok(TextTokenizer {
+            tokenizer,
+            path: path.to_owned(),
+            pad_id,
+            pad_type_id,
+        })
     }
 
-    fn encode(&self, text: &str) -> Result<Encoding> {
+    pub(crate) fn encode(&self, text: &str) -> Result<Encoding> {
         // One text at a time on this thread: `encode_batch` would use rayon's global pool and
         // ignore `--threads`, and tokenizing costs little next to the model.
         self.tokenizer
             .encode(text, true)
-            .map_err(|e| CliError::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+            .map_err(|e| CliError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
     }
 }
 
 /// Token ids of a batch, right-padded to its longest member, row-major [batch, seq].
-struct PaddedBatch {
-    batch: usize,
-    seq: usize,
+pub(crate) struct PaddedBatch {
+    pub(crate) batch: usize,
+    pub(crate) seq: usize,
     ids: Vec<i64>,
     type_ids: Vec<i64>,
-    mask: Vec<bool>,
+    pub(crate) mask: Vec<bool>,
 }
 
 impl PaddedBatch {
@@ -182,15 +225,21 @@ impl PaddedBatch {
                 mask[at + j] = true;
             }
         }
-        PaddedBatch { batch, seq, ids, type_ids, mask }
+        PaddedBatch {
+            batch,
+            seq,
+            ids,
+            type_ids,
+            mask,
+        }
     }
 }
 
 /// Which of the model's inputs `embed` fills, and with what element type.
-struct FeedPlan {
+pub(crate) struct FeedPlan {
     /// (input name, what fills it, declared element type) in declaration order.
     feeds: Vec<(String, Source, DType)>,
-    has_mask: bool,
+    pub(crate) has_mask: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -202,7 +251,7 @@ enum Source {
 
 impl FeedPlan {
     /// Feeds exactly the inputs the model declares; refuses one it cannot fill.
-    fn for_model(base: &Base) -> Result<FeedPlan> {
+    pub(crate) fn for_model(base: &Base) -> Result<FeedPlan> {
         let g = base.graph();
         let mut feeds = Vec::new();
         for info in &g.inputs {
@@ -227,7 +276,9 @@ impl FeedPlan {
             feeds.push((name, source, info.dtype));
         }
         if !feeds.iter().any(|(_, s, _)| matches!(s, Source::Ids)) {
-            return Err(CliError::Usage("the model has no `input_ids` input; embed needs a text encoder".into()));
+            return Err(CliError::Usage(
+                "the model has no `input_ids` input; embed needs a text encoder".into(),
+            ));
         }
         let has_mask = feeds.iter().any(|(_, s, _)| matches!(s, Source::Mask));
         Ok(FeedPlan { feeds, has_mask })
@@ -255,7 +306,7 @@ impl FeedPlan {
 }
 
 /// The hidden states: the output named `last_hidden_state` if there is one, else the first.
-fn pick_hidden(outputs: &kilotune::Outputs) -> Result<&Tensor> {
+pub(crate) fn pick_hidden(outputs: &kilotune::Outputs) -> Result<&Tensor> {
     outputs
         .get("last_hidden_state")
         .or_else(|| outputs.0.first().map(|(_, t)| t))
@@ -263,7 +314,7 @@ fn pick_hidden(outputs: &kilotune::Outputs) -> Result<&Tensor> {
 }
 
 /// Checks the hidden states are f32 [batch, seq, hidden] for this batch; returns (seq, hidden).
-fn hidden_dims(hidden: &Tensor, b: &PaddedBatch) -> Result<(usize, usize)> {
+pub(crate) fn hidden_dims(hidden: &Tensor, b: &PaddedBatch) -> Result<(usize, usize)> {
     match *hidden.shape() {
         [nb, ns, dim] if nb == b.batch && ns == b.seq && hidden.dtype() == DType::F32 => Ok((ns, dim)),
         _ => Err(CliError::Usage(format!(
@@ -341,8 +392,17 @@ mod tests {
 
     #[test]
     fn padded_batch_pads_right_and_masks_padding() {
-        let short =
-            Encoding::new(vec![5, 6], vec![0, 0], vec![], vec![], vec![], vec![], vec![], vec![], Default::default());
+        let short = Encoding::new(
+            vec![5, 6],
+            vec![0, 0],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+            Default::default(),
+        );
         let long = Encoding::new(
             vec![7, 8, 9],
             vec![0, 1, 1],

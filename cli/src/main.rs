@@ -1,12 +1,15 @@
-//! `kilotune`: inspect, run and embed with ONNX transformer models on the CPU.
+//! `kilotune`: inspect, run, embed, train and evaluate with ONNX transformer models on the CPU.
 //!
 //! This file holds only the command-line surface (clap definitions) and the dispatch; each
 //! subcommand's logic lives in its own module and returns a typed [`CliError`].
 
+mod data;
 mod embed;
 mod error;
+mod eval;
 mod inspect;
 mod run;
+mod train;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -47,6 +50,171 @@ enum Command {
         after_help = "Examples:\n  kilotune embed model.onnx --tokenizer tokenizer.json \"hello world\" \"a second sentence\"\n  kilotune embed model.onnx --tokenizer tokenizer.json --file lines.txt --out embeddings.npy"
     )]
     Embed(EmbedArgs),
+    /// Train a delta (LoRA or BitFit plus a classification head) on labelled JSON lines.
+    #[command(
+        after_help = "Data: one JSON object per line, {\"text\": \"...\", \"label\": ...}. String labels map to class ids\nin sorted order of the distinct labels; integer labels are the class ids. `kilotune eval` applies\nthe same rule, so nothing about labels is stored in the delta.\n\nExample:\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data train.jsonl --task classify \\\n      --method lora --rank 8 --targets query,value --epochs 3 --batch 16 --lr 5e-4 \\\n      --eval test.jsonl --out user.ktd"
+    )]
+    Train(TrainArgs),
+    /// Evaluate a trained delta's classifier on labelled JSON lines: accuracy and loss.
+    #[command(
+        after_help = "Labels: string labels map to class ids in sorted order of the distinct labels in --data,\ninteger labels are the class ids: the rule `kilotune train` used. Give a file with every class.\n\nExample:\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta user.ktd --data test.jsonl --json"
+    )]
+    Eval(EvalArgs),
+}
+
+/// The model flags of `train` and `eval`, which take the model as `--model`.
+#[derive(Args, Debug)]
+struct ModelFlags {
+    /// The ONNX model file (external data is read from its folder).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// The Hugging Face tokenizer.json that matches the model.
+    #[arg(long, value_name = "FILE")]
+    tokenizer: PathBuf,
+    /// Quantize f32 Linear weights to int8 (per output channel) at load.
+    #[arg(long)]
+    int8: bool,
+    /// Worker threads; 0 uses one per available core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Tokens per text, special tokens included; longer texts are truncated.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_len: u32,
+}
+
+impl ModelFlags {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            weights: if self.int8 {
+                WeightFormat::Int8
+            } else {
+                WeightFormat::AsShipped
+            },
+            fuse: true,
+            ..LoadOptions::default()
+        }
+    }
+
+    fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            threads: self.threads,
+        }
+    }
+}
+
+/// The task a delta is trained for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Task {
+    /// Text classification: a linear head over the mean-pooled hidden states.
+    Classify,
+    /// Regression (not implemented yet).
+    Regress,
+    /// Causal language modelling (not implemented yet).
+    CausalLm,
+}
+
+/// The PEFT method.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    /// Low-rank adapters beside the targeted Linear layers.
+    Lora,
+    /// Bias terms only.
+    Bitfit,
+}
+
+/// Which biases BitFit trains.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BitFitChoice {
+    /// Every Linear bias (and LayerNorm biases unless --no-layernorm).
+    All,
+    /// Only the attention query and MLP intermediate biases.
+    QueryMlp,
+}
+
+/// How the delta's tensors are stored.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PrecisionChoice {
+    /// 32-bit floats, lossless.
+    F32,
+    /// Half precision: half the size.
+    F16,
+    /// int8 with a scale per row: a quarter of the size.
+    Int8,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelFlags,
+    /// Training data: JSON lines {"text": ..., "label": ...}.
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// The task; only `classify` is implemented so far.
+    #[arg(long, value_enum, default_value_t = Task::Classify)]
+    task: Task,
+    /// The PEFT method.
+    #[arg(long, value_enum, default_value_t = Method::Lora)]
+    method: Method,
+    /// LoRA rank.
+    #[arg(long, value_name = "R", default_value_t = 8)]
+    rank: u32,
+    /// LoRA alpha: the update is scaled by alpha / rank.
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// LoRA target modules (comma-separated module-name suffixes).
+    #[arg(long, value_delimiter = ',', default_value = "query,value")]
+    targets: Vec<String>,
+    /// Which biases BitFit trains.
+    #[arg(long, value_enum, default_value_t = BitFitChoice::All)]
+    bitfit_variant: BitFitChoice,
+    /// BitFit: leave the LayerNorm biases frozen.
+    #[arg(long)]
+    no_layernorm: bool,
+    /// Passes over the data.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// Rows per step.
+    #[arg(long, value_name = "B", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Peak learning rate (AdamW, 6% linear warm-up, then linear decay to 0).
+    #[arg(long, value_name = "LR", default_value_t = 5e-4)]
+    lr: f32,
+    /// Where to save the delta (.ktd).
+    #[arg(long, value_name = "FILE.ktd")]
+    out: PathBuf,
+    /// Held-out JSON lines to report accuracy and loss on after each epoch.
+    #[arg(long, value_name = "FILE.jsonl")]
+    eval: Option<PathBuf>,
+    /// Use only the first N rows of --data.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Seed for initialization and the per-epoch shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Precision of the saved delta.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    precision: PrecisionChoice,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelFlags,
+    /// The trained delta (.ktd) with its classification head.
+    #[arg(long, value_name = "FILE.ktd")]
+    delta: Option<PathBuf>,
+    /// Labelled data: JSON lines {"text": ..., "label": ...}.
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// Use only the first N rows of --data.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Rows per model run.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// How to load the model and size the session: shared by every subcommand.
@@ -65,14 +233,20 @@ struct ModelArgs {
 impl ModelArgs {
     fn load_options(&self, fuse: bool) -> LoadOptions {
         LoadOptions {
-            weights: if self.int8 { WeightFormat::Int8 } else { WeightFormat::AsShipped },
+            weights: if self.int8 {
+                WeightFormat::Int8
+            } else {
+                WeightFormat::AsShipped
+            },
             fuse,
             ..LoadOptions::default()
         }
     }
 
     fn session_config(&self) -> SessionConfig {
-        SessionConfig { threads: self.threads }
+        SessionConfig {
+            threads: self.threads,
+        }
     }
 }
 
@@ -135,6 +309,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::inspect(&a, &mut out),
         Command::Run(a) => run::run(&a, &mut out),
         Command::Embed(a) => embed::embed(&a, &mut out),
+        Command::Train(a) => train::train(&a, &mut out),
+        Command::Eval(a) => eval::eval(&a, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(CliError::Stdout));
     match result {

@@ -17,7 +17,9 @@ fn tiny_bert() -> PathBuf {
 }
 
 fn reference(name: &str) -> PathBuf {
-    fixtures().join("tiny-bert.reference").join(format!("{name}.npy"))
+    fixtures()
+        .join("tiny-bert.reference")
+        .join(format!("{name}.npy"))
 }
 
 /// Runs the binary with `args`; `--threads 1` where a test passes it keeps runs small on CI.
@@ -26,7 +28,10 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    Command::new(env!("CARGO_BIN_EXE_kilotune")).args(args).output().expect("the built binary starts")
+    Command::new(env!("CARGO_BIN_EXE_kilotune"))
+        .args(args)
+        .output()
+        .expect("the built binary starts")
 }
 
 fn stdout(o: &Output) -> String {
@@ -40,7 +45,10 @@ fn stderr(o: &Output) -> String {
 /// Asserts a clean failure: non-zero exit, an `error:` line, and no panic.
 fn assert_fails_with(o: &Output, needle: &str) {
     let err = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
     assert!(err.starts_with("error: "), "stderr lacks `error:`: {err}");
     assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
     assert!(!err.contains("panicked"), "the binary panicked: {err}");
@@ -56,7 +64,12 @@ fn run_with(inputs: &[(&str, PathBuf)], out: &Path) -> Vec<String> {
     for (name, path) in inputs {
         args.extend(["--input".into(), input_arg(name, path)]);
     }
-    args.extend(["--out".into(), out.display().to_string(), "--threads".into(), "1".into()]);
+    args.extend([
+        "--out".into(),
+        out.display().to_string(),
+        "--threads".into(),
+        "1".into(),
+    ]);
     args
 }
 
@@ -79,37 +92,65 @@ fn read_npy(path: &Path) -> Tensor {
 #[test]
 fn inspect_lists_the_linear_layers() {
     let model = tiny_bert();
-    let o = kilotune([Path::new("inspect"), &model, Path::new("--threads"), Path::new("1")]);
+    let o = kilotune([
+        Path::new("inspect"),
+        &model,
+        Path::new("--threads"),
+        Path::new("1"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     // tiny-bert: 2 layers × (q, k, v, attention output, intermediate, output).
     assert!(text.contains("linear layers (12;"), "{text}");
-    assert!(text.contains("encoder.layer.0.attention.self.query"), "{text}");
+    assert!(
+        text.contains("encoder.layer.0.attention.self.query"),
+        "{text}"
+    );
     assert!(text.contains("32x64"), "{text}");
-    assert!(text.contains("input_ids") && text.contains("[batch, seq]"), "{text}");
+    assert!(
+        text.contains("input_ids") && text.contains("[batch, seq]"),
+        "{text}"
+    );
     assert!(text.contains("last_hidden_state"), "{text}");
 }
 
 #[test]
 fn inspect_json_reports_linears_and_int8() {
     let model = tiny_bert();
-    let o = kilotune([Path::new("inspect"), &model, Path::new("--json"), Path::new("--int8")]);
+    let o = kilotune([
+        Path::new("inspect"),
+        &model,
+        Path::new("--json"),
+        Path::new("--int8"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("--json prints one JSON object");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).expect("--json prints one JSON object");
     let linears = v["linears"].as_array().expect("linears is an array");
     assert_eq!(linears.len(), 12);
     assert!(linears.iter().all(|l| l["dtype"] == "int8"), "{linears:?}");
-    let up = linears.iter().find(|l| l["module"].as_str().is_some_and(|m| m.ends_with("layer.0.intermediate.dense")));
+    let up = linears.iter().find(|l| {
+        l["module"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("layer.0.intermediate.dense"))
+    });
     let up = up.expect("the first MLP up-projection is listed");
-    assert_eq!((up["k"].as_u64(), up["n"].as_u64(), up["bias"].as_bool()), (Some(32), Some(64), Some(true)));
+    assert_eq!(
+        (up["k"].as_u64(), up["n"].as_u64(), up["bias"].as_bool()),
+        (Some(32), Some(64), Some(true))
+    );
     assert_eq!(v["inputs"][0]["dims"], serde_json::json!(["batch", "seq"]));
     assert_eq!(v["inputs"][0]["dtype"], "i64");
     assert!(v["parameters"].as_u64().is_some_and(|p| p > 0));
     // The runtime names the int8 form `Linear(int8)`; only the prefix is ours to rely on.
-    let is_linear = |o: &serde_json::Value| o["op"].as_str().is_some_and(|op| op.starts_with("Linear"));
+    let is_linear =
+        |o: &serde_json::Value| o["op"].as_str().is_some_and(|op| op.starts_with("Linear"));
     let ops = v["ops"].as_array().expect("ops is an array");
     assert_eq!(
-        ops.iter().filter(|o| is_linear(o)).map(|o| o["count"].as_u64()).sum::<Option<u64>>(),
+        ops.iter()
+            .filter(|o| is_linear(o))
+            .map(|o| o["count"].as_u64())
+            .sum::<Option<u64>>(),
         Some(12),
         "{ops:?}"
     );
@@ -118,7 +159,12 @@ fn inspect_json_reports_linears_and_int8() {
 #[test]
 fn inspect_without_fusion_has_no_linears() {
     let model = tiny_bert();
-    let o = kilotune([Path::new("inspect"), &model, Path::new("--no-fuse"), Path::new("--json")]);
+    let o = kilotune([
+        Path::new("inspect"),
+        &model,
+        Path::new("--no-fuse"),
+        Path::new("--json"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("valid JSON");
     assert_eq!(v["linears"].as_array().map(Vec::len), Some(0));
@@ -137,7 +183,9 @@ fn run_matches_the_pytorch_reference() {
     let got = read_npy(&out.join("last_hidden_state.npy"));
     let want = read_npy(&reference("last_hidden_state"));
     assert_eq!(got.shape(), want.shape());
-    let mask = read_npy(&reference("attention_mask")).to_i64_vec("mask").expect("integer mask");
+    let mask = read_npy(&reference("attention_mask"))
+        .to_i64_vec("mask")
+        .expect("integer mask");
     let hidden = *want.shape().last().expect("rank 3");
     let (got, want) = (got.to_f32_vec(), want.to_f32_vec());
     let mut compared = 0;
@@ -147,12 +195,20 @@ fn run_matches_the_pytorch_reference() {
         if m == 1 {
             for j in pos * hidden..(pos + 1) * hidden {
                 // 1e-5: f32 with sums of 32–64 terms; a real error (a wrong op) is O(0.1).
-                assert!((got[j] - want[j]).abs() < 1e-5, "position {pos}, element {j}: {} vs {}", got[j], want[j]);
+                assert!(
+                    (got[j] - want[j]).abs() < 1e-5,
+                    "position {pos}, element {j}: {} vs {}",
+                    got[j],
+                    want[j]
+                );
             }
             compared += 1;
         }
     }
-    assert!(compared > 0 && compared < mask.len(), "the fixture has both real and padded positions");
+    assert!(
+        compared > 0 && compared < mask.len(),
+        "the fixture has both real and padded positions"
+    );
 }
 
 #[test]
@@ -166,16 +222,26 @@ fn run_rejects_a_missing_file() {
 fn run_rejects_an_unknown_input_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut args = run_args(&reference("input_ids"), dir.path());
-    args.extend(["--input".into(), input_arg("position_ids", &reference("input_ids"))]);
+    args.extend([
+        "--input".into(),
+        input_arg("position_ids", &reference("input_ids")),
+    ]);
     let o = kilotune(args);
     assert_fails_with(&o, "position_ids");
-    assert!(stderr(&o).contains("input_ids, attention_mask, token_type_ids"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("input_ids, attention_mask, token_type_ids"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn run_rejects_a_missing_input() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let inputs = [("input_ids", reference("input_ids")), ("attention_mask", reference("attention_mask"))];
+    let inputs = [
+        ("input_ids", reference("input_ids")),
+        ("attention_mask", reference("attention_mask")),
+    ];
     let o = kilotune(run_with(&inputs, dir.path()));
     assert_fails_with(&o, "`token_type_ids`");
 }
@@ -206,11 +272,14 @@ fn a_missing_model_is_a_clean_error() {
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in ["inspect", "run", "embed"] {
+    for sub in ["inspect", "run", "embed", "train", "eval"] {
         let o = kilotune([sub, "--help"]);
         assert!(o.status.success(), "{sub} --help: {}", stderr(&o));
         let text = stdout(&o);
-        assert!(text.contains("Example") && text.contains(&format!("kilotune {sub} ")), "{sub}: {text}");
+        assert!(
+            text.contains("Example") && text.contains(&format!("kilotune {sub} ")),
+            "{sub}: {text}"
+        );
         assert!(text.contains("--threads"), "{sub}: {text}");
     }
     assert!(kilotune(["--help"]).status.success());
@@ -219,11 +288,15 @@ fn every_subcommand_has_help_with_an_example() {
 /// A BERT WordPiece tokenizer.json over a 24-token vocabulary, all ids below tiny-bert's 128.
 fn write_tokenizer(dir: &Path) -> PathBuf {
     let words = [
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat", "is", "here",
-        "hello", "world", "second", "sentence", "##s", "run", "##ning", "fast", ".", ",",
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat", "on", "mat",
+        "is", "here", "hello", "world", "second", "sentence", "##s", "run", "##ning", "fast", ".",
+        ",",
     ];
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        words.iter().enumerate().map(|(i, w)| ((*w).to_owned(), i.into())).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((*w).to_owned(), i.into()))
+        .collect();
     let special = |id: usize, content: &str| {
         serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                            "rstrip": false, "normalized": false, "special": true})
@@ -275,25 +348,54 @@ fn embed_writes_one_vector_per_text() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tok = write_tokenizer(dir.path());
     let out = dir.path().join("emb.npy");
-    let texts = ["The cat sat on the mat.", "a dog is here", "The cat sat on the mat.", "hello world, running fast"];
+    let texts = [
+        "The cat sat on the mat.",
+        "a dog is here",
+        "The cat sat on the mat.",
+        "hello world, running fast",
+    ];
     // --batch 2 over 4 texts of 3 lengths: the two identical texts land in different batches
     // with different padding, which must not change their vectors.
-    let mut rest: Vec<&str> = vec!["--out", out.to_str().expect("temp path is UTF-8"), "--batch", "2"];
+    let mut rest: Vec<&str> = vec![
+        "--out",
+        out.to_str().expect("temp path is UTF-8"),
+        "--batch",
+        "2",
+    ];
     rest.extend(texts);
     let o = kilotune(embed_args(&tok, &rest));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).is_empty(), "with --out, stdout stays empty: {}", stdout(&o));
+    assert!(
+        stdout(&o).is_empty(),
+        "with --out, stdout stays empty: {}",
+        stdout(&o)
+    );
 
     let t = read_npy(&out);
     assert_eq!(t.shape(), [4, 32]);
     let v = t.to_f32_vec();
     let row = |i: usize| &v[i * 32..(i + 1) * 32];
-    let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
     // Same text, different batch and padding: equal up to f32 summation order (GEMM blocking
     // may differ with the batch's row count); a padding leak would show at O(0.1).
-    assert!(max_diff(row(0), row(2)) < 1e-5, "identical texts differ by {}", max_diff(row(0), row(2)));
-    assert!(max_diff(row(0), row(1)) > 1e-3, "different texts give the same vector");
-    assert!(max_diff(row(1), row(3)) > 1e-3, "different texts give the same vector");
+    assert!(
+        max_diff(row(0), row(2)) < 1e-5,
+        "identical texts differ by {}",
+        max_diff(row(0), row(2))
+    );
+    assert!(
+        max_diff(row(0), row(1)) > 1e-3,
+        "different texts give the same vector"
+    );
+    assert!(
+        max_diff(row(1), row(3)) > 1e-3,
+        "different texts give the same vector"
+    );
     assert!(v.iter().all(|x| x.is_finite()));
 }
 
@@ -303,11 +405,17 @@ fn embed_prints_json_lines_from_a_file() {
     let tok = write_tokenizer(dir.path());
     let lines = dir.path().join("lines.txt");
     std::fs::write(&lines, "hello world\nthe second sentence\nhello world\n").expect("write lines");
-    let o = kilotune(embed_args(&tok, &["--file", lines.to_str().expect("UTF-8"), "--normalize"]));
+    let o = kilotune(embed_args(
+        &tok,
+        &["--file", lines.to_str().expect("UTF-8"), "--normalize"],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let rows: Vec<Vec<f32>> = stdout(&o)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON array of numbers: {l}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON array of numbers: {l}: {e}"))
+        })
         .collect();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.len() == 32));
@@ -316,7 +424,10 @@ fn embed_prints_json_lines_from_a_file() {
         let norm = r.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
     }
-    assert_eq!(rows[0], rows[2], "same text in the same batch: bit-identical");
+    assert_eq!(
+        rows[0], rows[2],
+        "same text in the same batch: bit-identical"
+    );
     assert_ne!(rows[0], rows[1]);
 }
 
@@ -325,9 +436,15 @@ fn embed_truncates_to_max_len() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tok = write_tokenizer(dir.path());
     // With --max-len 3, both texts become [CLS] the [SEP]: their vectors must agree.
-    let o = kilotune(embed_args(&tok, &["--max-len", "3", "the cat sat", "the dog is here"]));
+    let o = kilotune(embed_args(
+        &tok,
+        &["--max-len", "3", "the cat sat", "the dog is here"],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
-    let rows: Vec<Vec<f32>> = stdout(&o).lines().map(|l| serde_json::from_str(l).expect("JSON array")).collect();
+    let rows: Vec<Vec<f32>> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON array"))
+        .collect();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0], rows[1]);
 }
@@ -340,7 +457,10 @@ fn embed_without_texts_is_an_error() {
     assert_fails_with(&o, "no texts to embed");
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "").expect("write empty file");
-    let o = kilotune(embed_args(&tok, &["--file", empty.to_str().expect("UTF-8")]));
+    let o = kilotune(embed_args(
+        &tok,
+        &["--file", empty.to_str().expect("UTF-8")],
+    ));
     assert_fails_with(&o, "holds no lines");
 }
 
@@ -353,4 +473,166 @@ fn embed_with_a_bad_tokenizer_is_an_error() {
     assert_fails_with(&o, "tokenizer");
     let o = kilotune(embed_args(&dir.path().join("absent.json"), &["hello"]));
     assert_fails_with(&o, "absent.json");
+}
+
+/// A JSON-lines data set over the test tokenizer's words: `rows` rows, two string labels.
+fn write_data(dir: &Path, name: &str, rows: usize) -> PathBuf {
+    let texts = [
+        "the cat sat on the mat",
+        "a dog is here",
+        "hello world",
+        "the dogs running fast",
+    ];
+    let mut lines = String::new();
+    for i in 0..rows {
+        let label = if i % 2 == 0 { "cats" } else { "dogs" };
+        let text = if i % 2 == 0 {
+            texts[(i / 2) % 2 * 2]
+        } else {
+            texts[1 + (i / 2) % 2 * 2]
+        };
+        lines.push_str(&serde_json::json!({"text": text, "label": label}).to_string());
+        lines.push('\n');
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, lines).expect("write data");
+    path
+}
+
+fn model_flags(tokenizer: &Path) -> Vec<String> {
+    vec![
+        "--model".into(),
+        tiny_bert().display().to_string(),
+        "--tokenizer".into(),
+        tokenizer.display().to_string(),
+        "--threads".into(),
+        "1".into(),
+    ]
+}
+
+fn train_then_eval(method: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let train = write_data(dir.path(), "train.jsonl", 40);
+    let test = write_data(dir.path(), "test.jsonl", 12);
+    let ktd = dir.path().join("user.ktd");
+    let mut args: Vec<String> = vec!["train".into()];
+    args.extend(model_flags(&tok));
+    for a in [
+        "--data",
+        &train.display().to_string(),
+        "--task",
+        "classify",
+        "--method",
+        method,
+        "--epochs",
+        "2",
+    ] {
+        args.push(a.into());
+    }
+    for a in [
+        "--batch",
+        "8",
+        "--lr",
+        "1e-3",
+        "--eval",
+        &test.display().to_string(),
+        "--out",
+        &ktd.display().to_string(),
+    ] {
+        args.push(a.into());
+    }
+    let o = kilotune(&args);
+    assert!(o.status.success(), "train {method}: {}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("labels: cats=0, dogs=1"), "{text}");
+    assert!(text.contains("epoch 2: accuracy"), "{text}");
+    assert!(
+        text.contains("bytes") && text.contains("wall time"),
+        "{text}"
+    );
+    assert!(stderr(&o).contains("epoch 1/2"), "{}", stderr(&o));
+    assert!(ktd.metadata().expect("the delta was written").len() > 0);
+
+    let mut args: Vec<String> = vec!["eval".into()];
+    args.extend(model_flags(&tok));
+    args.extend([
+        "--delta".into(),
+        ktd.display().to_string(),
+        "--data".into(),
+        test.display().to_string(),
+        "--json".into(),
+    ]);
+    let o = kilotune(&args);
+    assert!(o.status.success(), "eval {method}: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    let acc = v["accuracy"].as_f64().expect("accuracy");
+    assert!((0.0..=1.0).contains(&acc), "{v}");
+    assert!(v["loss"].as_f64().expect("loss").is_finite(), "{v}");
+    assert_eq!(v["rows"], 12);
+}
+
+#[test]
+fn train_lora_writes_a_delta_that_eval_reads() {
+    train_then_eval("lora");
+}
+
+#[test]
+fn train_bitfit_writes_a_delta_that_eval_reads() {
+    train_then_eval("bitfit");
+}
+
+#[test]
+fn train_names_the_bad_jsonl_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"a cat\", \"label\": \"x\"}\n{\"text\": \"a dog\"\n",
+    )
+    .expect("write");
+    let mut args: Vec<String> = vec!["train".into()];
+    args.extend(model_flags(&tok));
+    args.extend([
+        "--data".into(),
+        data.display().to_string(),
+        "--out".into(),
+        dir.path().join("o.ktd").display().to_string(),
+    ]);
+    assert_fails_with(&kilotune(&args), "line 2");
+}
+
+#[test]
+fn train_refuses_tasks_other_than_classify() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let data = write_data(dir.path(), "d.jsonl", 4);
+    let mut args: Vec<String> = vec!["train".into()];
+    args.extend(model_flags(&tok));
+    args.extend([
+        "--data".into(),
+        data.display().to_string(),
+        "--task".into(),
+        "regress".into(),
+    ]);
+    args.extend([
+        "--out".into(),
+        dir.path().join("o.ktd").display().to_string(),
+    ]);
+    assert_fails_with(&kilotune(&args), "only `classify` is implemented");
+}
+
+#[test]
+fn eval_without_a_delta_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let data = write_data(dir.path(), "d.jsonl", 4);
+    let mut args: Vec<String> = vec!["eval".into()];
+    args.extend(model_flags(&tok));
+    args.extend(["--data".into(), data.display().to_string()]);
+    assert_fails_with(
+        &kilotune(&args),
+        "eval needs a delta with a classification head",
+    );
 }

@@ -3,6 +3,7 @@
 
 use crate::kernels::attention::{AttentionDims, MaskView};
 use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_at, matmul_f32_bt};
+use crate::kernels::softmax::softmax_row;
 
 /// Gradients of attention with respect to its three inputs (the mask is not differentiated).
 #[derive(Clone, Debug, PartialEq)]
@@ -23,8 +24,8 @@ pub struct AttentionGrads {
 /// `dV = Pᵀ·dO`, `dP = dO·Vᵀ`, `dS = P ⊙ (dP − rowsum(P ⊙ dP))` (softmax's Jacobian),
 /// `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`. Head h reads kv head `h / (H / KVH)`, so dK and dV
 /// accumulate over the heads of a group. A row with no visible key (the forward outputs zeros,
-/// a constant) gets zero gradients. P is recomputed with an f64 softmax; the products use the
-/// f32 GEMM. Runs sequentially over (batch, head): sizes at training time are small.
+/// a constant) gets zero gradients. P is recomputed with the forward's own f32 softmax; the
+/// products use the f32 GEMM. Runs sequentially over (batch, head): sizes at training time are small.
 ///
 /// Panics if a slice does not match `dims`.
 #[allow(clippy::too_many_arguments)]
@@ -58,23 +59,15 @@ pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], mask: Option<&MaskVie
             for (i, row) in p.chunks_exact_mut(kv_len).enumerate() {
                 let mrow = mask.map(|m| &m.data[b * m.batch_stride + h * m.head_stride + i * m.row_stride..][..kv_len]);
                 let last_visible = i + kv_len.saturating_sub(q_len);
-                let s: Vec<f64> = (0..kv_len)
-                    .map(|j| {
-                        if causal && j > last_visible {
-                            f64::NEG_INFINITY
-                        } else {
-                            f64::from(row[j]) * f64::from(scale) + mrow.map_or(0.0, |m| f64::from(m[j]))
-                        }
-                    })
-                    .collect();
-                let max = s.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
-                if max == f64::NEG_INFINITY {
+                // The forward's own scores and softmax, so P is exactly what the forward used.
+                for (j, x) in row.iter_mut().enumerate() {
+                    *x = if causal && j > last_visible { f32::NEG_INFINITY } else { *x * scale + mrow.map_or(0.0, |m| m[j]) };
+                }
+                softmax_row(row);
+                if row.first().is_some_and(|p| p.is_nan()) {
                     visible[i] = false;
                     row.fill(0.0);
-                    continue;
                 }
-                let sum: f64 = s.iter().map(|&x| (x - max).exp()).sum();
-                row.iter_mut().zip(&s).for_each(|(o, &x)| *o = ((x - max).exp() / sum) as f32);
             }
             for i in 0..q_len {
                 let src = ((b * q_len + i) * heads + h) * head_dim;

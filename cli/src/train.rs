@@ -1,0 +1,203 @@
+//! `kilotune train`: labelled JSON lines → a LoRA or BitFit delta with a classification head,
+//! saved as a `.ktd` file.
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kilotune::delta::{self, Precision};
+use kilotune::peft::{BitFitConfig, BitFitVariant, LoraConfig, PeftMethod, Pooling, TaskHead};
+use kilotune::train::optim::{Decay, OptimizerConfig, Schedule};
+use kilotune::train::trainer::{TrainConfig, Trainer};
+use kilotune::Base;
+
+use crate::data::{self, Classes, Encoded};
+use crate::embed::{FeedPlan, TextTokenizer};
+use crate::error::{CliError, Result};
+use crate::{BitFitChoice, Method, PrecisionChoice, Task, TrainArgs};
+
+/// The share of all steps spent warming the learning rate up.
+const WARMUP_FRACTION: f64 = 0.06;
+
+/// Runs `kilotune train`.
+pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
+    let t_start = Instant::now();
+    if args.task != Task::Classify {
+        return Err(CliError::Usage(format!(
+            "--task {}: only `classify` is implemented so far",
+            match args.task {
+                Task::Regress => "regress",
+                _ => "causal-lm",
+            }
+        )));
+    }
+    let outln = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CliError::Stdout);
+
+    let rows = data::read_jsonl(&args.data, args.limit)?;
+    let classes = Classes::from_rows(&rows)?;
+    if classes.count() < 2 {
+        return Err(CliError::Usage(format!(
+            "{} has a single class ({}); classification needs at least 2",
+            args.data.display(),
+            classes.describe()
+        )));
+    }
+    outln(out, format!("labels: {}", classes.describe()))?;
+
+    let tok = TextTokenizer::load(&args.model.tokenizer, args.model.max_len as usize)?;
+    let train_set = Encoded::new(&rows, &tok, &classes)?;
+    let eval_set = match &args.eval {
+        Some(path) => {
+            let eval_rows = data::read_jsonl(path, None)?;
+            // The training run's classes, so ids mean the same; an unseen label is an error.
+            Some(
+                Encoded::new(&eval_rows, &tok, &classes)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+            )
+        }
+        None => None,
+    };
+
+    let base = Base::load(&args.model.model, args.model.load_options())?;
+    let feeds = FeedPlan::for_model(&base)?;
+    if !feeds.has_mask {
+        return Err(CliError::Usage(
+            "the model has no `attention_mask` input; training pools over it".into(),
+        ));
+    }
+
+    let batch = args.batch as usize;
+    let steps_per_epoch = train_set.len().div_ceil(batch) as u64;
+    let total_steps = steps_per_epoch * u64::from(args.epochs);
+    let warmup_steps =
+        ((total_steps as f64 * WARMUP_FRACTION).ceil() as u64).min(total_steps.saturating_sub(1));
+    let method = match args.method {
+        Method::Lora => PeftMethod::Lora(LoraConfig {
+            r: args.rank,
+            alpha: args.alpha,
+            dropout: 0.0,
+            target_modules: args.targets.clone(),
+            rank_pattern: Vec::new(),
+        }),
+        Method::Bitfit => PeftMethod::BitFit(BitFitConfig {
+            variant: match args.bitfit_variant {
+                BitFitChoice::All => BitFitVariant::All,
+                BitFitChoice::QueryMlp => BitFitVariant::QueryAndMlp,
+            },
+            include_layer_norm: !args.no_layernorm,
+        }),
+    };
+    let config = TrainConfig {
+        seed: args.seed,
+        threads: args.model.threads,
+        optimizer: OptimizerConfig {
+            lr: args.lr,
+            schedule: Schedule {
+                warmup_steps,
+                total_steps,
+                decay: Decay::Linear,
+            },
+            ..OptimizerConfig::default()
+        },
+    };
+    let head = TaskHead::Classification {
+        classes: classes.count() as u32,
+        pooling: Pooling::Mean,
+    };
+    let mut trainer = Trainer::new(base, method, head, config)?;
+    outln(
+        out,
+        format!(
+            "training {} parameters on {} rows: {} epochs x {steps_per_epoch} steps, warm-up {warmup_steps}",
+            trainer.parameter_count(),
+            train_set.len(),
+            args.epochs
+        ),
+    )?;
+    out.flush().map_err(CliError::Stdout)?;
+
+    let eval_batches = match &eval_set {
+        Some(set) => Some(set.batches(&(0..set.len()).collect::<Vec<_>>(), batch, &tok, &feeds)?),
+        None => None,
+    };
+
+    let interactive = std::io::stderr().is_terminal();
+    for epoch in 0..args.epochs {
+        let order = data::shuffled(train_set.len(), args.seed, epoch);
+        let batches = train_set.batches(&order, batch, &tok, &feeds)?;
+        let bar = if interactive {
+            let bar = ProgressBar::new(batches.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} {bar:30} step {pos}/{len} {msg} [{elapsed}]",
+                )
+                .expect("the template is a valid literal"),
+            );
+            bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let t_epoch = Instant::now();
+        let (mut loss_sum, mut seen) = (0f64, 0usize);
+        for b in &batches {
+            let report = trainer.step(b)?;
+            loss_sum += f64::from(report.loss) * b.labels.len() as f64;
+            seen += b.labels.len();
+            let rate = seen as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4}, {rate:.1} rows/s",
+                loss_sum / seen as f64
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let secs = t_epoch.elapsed().as_secs_f64();
+        let line = format!(
+            "epoch {}/{}: {} steps, loss {:.4}, {:.1} rows/s, {secs:.2} s",
+            epoch + 1,
+            args.epochs,
+            batches.len(),
+            loss_sum / seen.max(1) as f64,
+            seen as f64 / secs.max(1e-9)
+        );
+        // Not eprintln!: a closed stderr must not stop training.
+        let _ = writeln!(std::io::stderr(), "{line}");
+        if let Some(eb) = &eval_batches {
+            let e = trainer.evaluate(eb)?;
+            outln(
+                out,
+                format!(
+                    "epoch {}: accuracy {:.4} loss {:.4} ({} rows)",
+                    epoch + 1,
+                    e.accuracy,
+                    e.loss,
+                    e.rows
+                ),
+            )?;
+            out.flush().map_err(CliError::Stdout)?;
+        }
+    }
+
+    let mut delta = trainer.delta();
+    delta.summary.epochs = args.epochs;
+    let precision = match args.precision {
+        PrecisionChoice::F32 => Precision::F32,
+        PrecisionChoice::F16 => Precision::F16,
+        PrecisionChoice::Int8 => Precision::Int8,
+    };
+    delta::save(&delta, &args.out, precision).map_err(kilotune::Error::from)?;
+    let size = std::fs::metadata(&args.out)
+        .map_err(|source| CliError::Io {
+            action: "cannot stat",
+            path: args.out.clone(),
+            source,
+        })?
+        .len();
+    outln(out, format!("saved {} ({size} bytes)", args.out.display()))?;
+    outln(
+        out,
+        format!("wall time {:.2} s", t_start.elapsed().as_secs_f64()),
+    )?;
+    Ok(())
+}
