@@ -39,28 +39,24 @@ impl Plan {
     /// Runs the graph and keeps every value (for a backward pass): the returned slots hold the
     /// feeds and every computed value; constants stay in the graph.
     pub fn execute_keep(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>) -> Result<Vec<Option<Tensor>>> {
-        let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];
-        for (v, t) in feeds {
-            slots[v] = Some(t);
-        }
-        for node in &g.nodes {
-            let outs = {
-                let inputs: Vec<Option<&Tensor>> = node
-                    .inputs
-                    .iter()
-                    .map(|v| v.and_then(|v| slots[v].as_ref().or(g.values[v].constant.as_ref())))
-                    .collect();
-                node.op.eval(&inputs, &node.name)?
-            };
-            for (&v, t) in node.outputs.iter().zip(outs) {
-                slots[v] = Some(t);
-            }
-        }
-        Ok(slots)
+        self.walk(g, feeds, None, true)
     }
 
     /// [`Plan::execute`], adding each node's wall time to `times[node index]` when given.
-    pub fn execute_timed(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, mut times: Option<&mut [std::time::Duration]>) -> Result<Vec<Tensor>> {
+    pub fn execute_timed(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, times: Option<&mut [std::time::Duration]>) -> Result<Vec<Tensor>> {
+        let mut slots = self.walk(g, feeds, times, false)?;
+        g.outputs
+            .iter()
+            .map(|&o| {
+                slots[o].take().or_else(|| g.values[o].constant.clone()).ok_or_else(|| {
+                    Error::InvalidModel(format!("output `{}` was not computed", g.values[o].name))
+                })
+            })
+            .collect()
+    }
+
+    /// Evaluates every node in order; frees each value after its last reader unless `keep`.
+    fn walk(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, mut times: Option<&mut [std::time::Duration]>, keep: bool) -> Result<Vec<Option<Tensor>>> {
         let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];
         for (v, t) in feeds {
             slots[v] = Some(t);
@@ -78,20 +74,15 @@ impl Plan {
             for (&v, t) in node.outputs.iter().zip(outs) {
                 slots[v] = Some(t);
             }
-            for &v in &self.free_after[i] {
-                slots[v] = None;
+            if !keep {
+                for &v in &self.free_after[i] {
+                    slots[v] = None;
+                }
             }
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                 t[i] += start.elapsed();
             }
         }
-        g.outputs
-            .iter()
-            .map(|&o| {
-                slots[o].take().or_else(|| g.values[o].constant.clone()).ok_or_else(|| {
-                    Error::InvalidModel(format!("output `{}` was not computed", g.values[o].name))
-                })
-            })
-            .collect()
+        Ok(slots)
     }
 }
