@@ -272,7 +272,8 @@ mod delta {
         for (a, b) in d.tensors.iter().zip(&back.tensors) {
             let TensorData::I8 { scales, .. } = &b.data else { panic!("{} is not int8", b.name) };
             let orig = a.to_f32().unwrap();
-            let rows = a.shape.first().map_or(1, |&r| r as usize);
+            // Vectors (biases) are one row; matrices one row per first-dimension index.
+            let rows = if a.shape.len() < 2 { 1 } else { a.shape[0] as usize };
             let row_len = orig.len() / rows;
             let dec = b.to_f32().unwrap();
             for (r, (row, drow)) in orig.chunks(row_len).zip(dec.chunks(row_len)).enumerate() {

@@ -29,8 +29,13 @@ impl NamedTensor {
         }
     }
 
-    /// The number of rows int8 scales cover: the first dimension, or 1 for a scalar.
+    /// The number of rows int8 scales cover: the first dimension of a matrix (or higher rank);
+    /// a vector (a bias) or a scalar is one row, so it carries one scale rather than a 4-byte
+    /// scale for every 1-byte value.
     pub(crate) fn rows(&self) -> u64 {
+        if self.shape.len() < 2 {
+            return 1;
+        }
         self.shape.first().map_or(1, |&d| u64::from(d))
     }
 
