@@ -4,6 +4,7 @@
 use crate::kernels::attention::{AttentionDims, MaskView};
 use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_at, matmul_f32_bt};
 use crate::kernels::softmax::softmax_row;
+use rayon::prelude::*;
 
 /// Gradients of attention with respect to its three inputs (the mask is not differentiated).
 #[derive(Clone, Debug, PartialEq)]
@@ -25,7 +26,7 @@ pub struct AttentionGrads {
 /// `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`. Head h reads kv head `h / (H / KVH)`, so dK and dV
 /// accumulate over the heads of a group. A row with no visible key (the forward outputs zeros,
 /// a constant) gets zero gradients. P is recomputed with the forward's own f32 softmax; the
-/// products use the f32 GEMM. Runs sequentially over (batch, head): sizes at training time are small.
+/// products use the f32 GEMM. Runs in parallel over (batch, kv head).
 ///
 /// Panics if a slice does not match `dims`.
 #[allow(clippy::too_many_arguments)]
@@ -46,52 +47,60 @@ pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], mask: Option<&MaskVie
         return grads;
     }
     let group = heads / kv_heads;
-    let mut p = vec![0f32; q_len * kv_len];
-    let mut ds = vec![0f32; q_len * kv_len];
-    let mut d_o = vec![0f32; qsz];
-    for b in 0..batch {
-        for h in 0..heads {
-            let kvh = b * kv_heads + h / group;
-            let qo = (b * heads + h) * qsz;
-            let (qh, kh, vh) = (&q[qo..qo + qsz], &k[kvh * kvsz..(kvh + 1) * kvsz], &v[kvh * kvsz..(kvh + 1) * kvsz]);
-            matmul_f32_bt(qh, kh, &mut p, q_len, head_dim, kv_len, false);
-            let mut visible = vec![true; q_len];
-            for (i, row) in p.chunks_exact_mut(kv_len).enumerate() {
-                let mrow = mask.map(|m| &m.data[b * m.batch_stride + h * m.head_stride + i * m.row_stride..][..kv_len]);
-                let last_visible = i + kv_len.saturating_sub(q_len);
-                // The forward's own scores and softmax, so P is exactly what the forward used.
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = if causal && j > last_visible { f32::NEG_INFINITY } else { *x * scale + mrow.map_or(0.0, |m| m[j]) };
+    // One task per (batch item, kv head): it owns the dq rows of the query heads in its group
+    // and its own dk/dv block, so tasks never write the same memory.
+    let AttentionGrads { dq, dk, dv } = &mut grads;
+    dq.par_chunks_mut(group * qsz)
+        .zip(dk.par_chunks_mut(kvsz).zip(dv.par_chunks_mut(kvsz)))
+        .enumerate()
+        .for_each(|(bk, (dq_g, (dk_g, dv_g)))| {
+            let (b, kvg) = (bk / kv_heads, bk % kv_heads);
+            let mut p = vec![0f32; q_len * kv_len];
+            let mut ds = vec![0f32; q_len * kv_len];
+            let mut d_o = vec![0f32; qsz];
+            for hg in 0..group {
+                let h = kvg * group + hg;
+                let kvh = b * kv_heads + kvg;
+                let qo = (b * heads + h) * qsz;
+                let (qh, kh, vh) = (&q[qo..qo + qsz], &k[kvh * kvsz..(kvh + 1) * kvsz], &v[kvh * kvsz..(kvh + 1) * kvsz]);
+                matmul_f32_bt(qh, kh, &mut p, q_len, head_dim, kv_len, false);
+                let mut visible = vec![true; q_len];
+                for (i, row) in p.chunks_exact_mut(kv_len).enumerate() {
+                    let mrow = mask.map(|m| &m.data[b * m.batch_stride + h * m.head_stride + i * m.row_stride..][..kv_len]);
+                    let last_visible = i + kv_len.saturating_sub(q_len);
+                    // The forward's own scores and softmax, so P is exactly what the forward used.
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = if causal && j > last_visible { f32::NEG_INFINITY } else { *x * scale + mrow.map_or(0.0, |m| m[j]) };
+                    }
+                    softmax_row(row);
+                    if row.first().is_some_and(|p| p.is_nan()) {
+                        visible[i] = false;
+                        row.fill(0.0);
+                    }
                 }
-                softmax_row(row);
-                if row.first().is_some_and(|p| p.is_nan()) {
-                    visible[i] = false;
-                    row.fill(0.0);
+                for i in 0..q_len {
+                    let src = ((b * q_len + i) * heads + h) * head_dim;
+                    d_o[i * head_dim..(i + 1) * head_dim].copy_from_slice(&dout[src..src + head_dim]);
                 }
+                // dV[Sk×D] += Pᵀ·dO.
+                matmul_f32_at(&p, &d_o, dv_g, kv_len, q_len, head_dim, true);
+                // dP[Sq×Sk] = dO·Vᵀ, then dS = scale·P ⊙ (dP − rowsum(P ⊙ dP)) in place.
+                matmul_f32_bt(&d_o, vh, &mut ds, q_len, head_dim, kv_len, false);
+                for ((prow, drow), &vis) in p.chunks_exact(kv_len).zip(ds.chunks_exact_mut(kv_len)).zip(&visible) {
+                    if !vis {
+                        drow.fill(0.0);
+                        continue;
+                    }
+                    let dot: f64 = prow.iter().zip(drow.iter()).map(|(&p, &d)| f64::from(p) * f64::from(d)).sum();
+                    for (d, &p) in drow.iter_mut().zip(prow) {
+                        *d = (f64::from(scale) * f64::from(p) * (f64::from(*d) - dot)) as f32;
+                    }
+                }
+                // dQ[Sq×D] = dS·K; dK[Sk×D] += dSᵀ·Q.
+                matmul_f32(&ds, kh, &mut dq_g[hg * qsz..(hg + 1) * qsz], q_len, kv_len, head_dim, false);
+                matmul_f32_at(&ds, qh, dk_g, kv_len, q_len, head_dim, true);
             }
-            for i in 0..q_len {
-                let src = ((b * q_len + i) * heads + h) * head_dim;
-                d_o[i * head_dim..(i + 1) * head_dim].copy_from_slice(&dout[src..src + head_dim]);
-            }
-            // dV[Sk×D] += Pᵀ·dO.
-            matmul_f32_at(&p, &d_o, &mut grads.dv[kvh * kvsz..(kvh + 1) * kvsz], kv_len, q_len, head_dim, true);
-            // dP[Sq×Sk] = dO·Vᵀ, then dS = scale·P ⊙ (dP − rowsum(P ⊙ dP)) in place.
-            matmul_f32_bt(&d_o, vh, &mut ds, q_len, head_dim, kv_len, false);
-            for ((prow, drow), &vis) in p.chunks_exact(kv_len).zip(ds.chunks_exact_mut(kv_len)).zip(&visible) {
-                if !vis {
-                    drow.fill(0.0);
-                    continue;
-                }
-                let dot: f64 = prow.iter().zip(drow.iter()).map(|(&p, &d)| f64::from(p) * f64::from(d)).sum();
-                for (d, &p) in drow.iter_mut().zip(prow) {
-                    *d = (f64::from(scale) * f64::from(p) * (f64::from(*d) - dot)) as f32;
-                }
-            }
-            // dQ[Sq×D] = dS·K; dK[Sk×D] += dSᵀ·Q.
-            matmul_f32(&ds, kh, &mut grads.dq[qo..qo + qsz], q_len, kv_len, head_dim, false);
-            matmul_f32_at(&ds, qh, &mut grads.dk[kvh * kvsz..(kvh + 1) * kvsz], kv_len, q_len, head_dim, true);
-        }
-    }
+        });
     grads
 }
 
