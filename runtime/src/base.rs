@@ -95,6 +95,12 @@ impl Base {
         Ok(Arc::new(Base { graph: Arc::new(graph), info, fingerprint: std::sync::OnceLock::new() }))
     }
 
+    /// A base that runs `graph` in place of this one's, with this one's import facts (a merged
+    /// delta makes a new base: new weights, so a new fingerprint).
+    pub(crate) fn with_graph(&self, graph: Graph) -> Arc<Base> {
+        Arc::new(Base { graph: Arc::new(graph), info: self.info.clone(), fingerprint: std::sync::OnceLock::new() })
+    }
+
     /// The fused graph.
     pub fn graph(&self) -> &Graph {
         &self.graph

@@ -77,6 +77,10 @@ pub enum Error {
     /// A delta file was refused (see [`crate::delta::DeltaError`] for the cases).
     #[error(transparent)]
     Delta(#[from] crate::delta::DeltaError),
+    /// A delta could not be merged into (or taken out of) a base's weights (see
+    /// [`crate::peft::merge::MergeError`] for the cases).
+    #[error(transparent)]
+    Merge(#[from] crate::peft::merge::MergeError),
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
