@@ -1,18 +1,18 @@
-//! `kilotune eval`: a trained delta's classifier on labelled JSON lines → accuracy and loss.
+//! `kilotune eval`: a trained delta on JSON lines of its task → accuracy and loss (classifier),
+//! loss and perplexity (causal LM) or mean squared error (regressor).
 //!
-//! The base runs with the delta applied; the hidden states are pooled over the attention mask
-//! (or the first token, for a CLS head) and the delta's `head.weight` [classes × hidden] and
-//! `head.bias` [classes] give the logits.
+//! The base runs with the delta applied and the delta's head on top, through the runtime's
+//! `TaskSession`: the same code the trainer evaluates with, so the numbers match training's.
 
 use std::io::Write;
 
 use kilotune::delta::{self, LoadLimits};
-use kilotune::peft::{Pooling, TaskHead};
-use kilotune::{Base, DType, Session};
-use tokenizers::Encoding;
+use kilotune::peft::TaskHead;
+use kilotune::train::evaluate::TaskSession;
+use kilotune::Base;
 
-use crate::data::{self, Classes, Encoded};
-use crate::embed::{hidden_dims, mean_pool, pad_and_feed, pick_hidden, FeedPlan, TextTokenizer};
+use crate::data::{self, Classes, Encoded, LabelKind, Labels};
+use crate::embed::{FeedPlan, TextTokenizer};
 use crate::error::{CliError, Result};
 use crate::EvalArgs;
 
@@ -20,7 +20,7 @@ use crate::EvalArgs;
 pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
     let Some(delta_path) = &args.delta else {
         return Err(CliError::Usage(
-            "eval needs a delta with a classification head (--delta FILE.ktd from `kilotune train`)".into(),
+            "eval needs a delta with a task head (--delta FILE.ktd from `kilotune train`)".into(),
         ));
     };
     let base = Base::load(&args.model.model, args.model.load_options())?;
@@ -30,35 +30,79 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
         &LoadLimits::default(),
     )
     .map_err(kilotune::Error::from)?;
-    let no_head = || {
-        CliError::Usage(format!(
-            "eval needs a delta with a classification head; {} has none",
+    let Some(task) = delta.head.clone() else {
+        return Err(CliError::Usage(format!(
+            "eval needs a delta with a task head; {} has none",
             delta_path.display()
-        ))
+        )));
     };
-    let Some(TaskHead::Classification { classes, pooling }) = delta.head.clone() else {
-        return Err(no_head());
+    let kind = match task {
+        TaskHead::Classification { .. } => LabelKind::Class,
+        TaskHead::Regression { .. } => LabelKind::Number,
+        TaskHead::CausalLm => LabelKind::None,
     };
-    let classes = classes as usize;
-    let weight = delta.tensor("head.weight").ok_or_else(no_head)?;
-    let bias = delta.tensor("head.bias").ok_or_else(no_head)?;
-    let hidden = match weight.shape[..] {
-        [c, h] if c as usize == classes && bias.shape[..] == [c] => h as usize,
-        _ => {
-            return Err(CliError::Usage(format!(
-                "{}: head.weight is {:?} and head.bias {:?}; expected [{classes}, hidden] and [{classes}]",
-                delta_path.display(),
-                weight.shape,
-                bias.shape
-            )))
+    let rows = data::read_jsonl(&args.data, args.limit, kind)?;
+    let rule = match task {
+        TaskHead::Classification { classes, .. } => {
+            Some(class_rule(args, &rows, classes as usize)?)
+        }
+        _ => None,
+    };
+    let labels = match (&rule, &task) {
+        (Some(rule), _) => Labels::Classes(rule),
+        (None, TaskHead::Regression { .. }) => Labels::Values,
+        _ => Labels::NextTokens,
+    };
+    let tok = TextTokenizer::load(&args.model.tokenizer, args.model.max_len as usize)?;
+    let set = Encoded::new(&rows, &tok, &labels)?;
+    let feeds = FeedPlan::for_model(&base)?;
+    let session = TaskSession::new(base, &delta, args.model.session_config())?;
+    let order: Vec<usize> = (0..set.len()).collect();
+    let batches = set.batches(&order, args.batch as usize, &tok, &feeds)?;
+    let e = session.evaluate(&batches)?;
+
+    let line = match task {
+        TaskHead::Classification { classes, .. } => {
+            let accuracy = e.accuracy.unwrap_or(0.0);
+            if args.json {
+                serde_json::json!({"task": "classify", "accuracy": accuracy, "loss": e.loss, "rows": e.rows, "classes": classes})
+                    .to_string()
+            } else {
+                format!(
+                    "accuracy: {accuracy:.4}\nloss: {:.4}\nrows: {}",
+                    e.loss, e.rows
+                )
+            }
+        }
+        TaskHead::CausalLm => {
+            let (ppl, tokens) = (e.perplexity.unwrap_or(f32::NAN), e.tokens.unwrap_or(0));
+            if args.json {
+                serde_json::json!({"task": "causal-lm", "loss": e.loss, "perplexity": ppl, "tokens": tokens, "rows": e.rows})
+                    .to_string()
+            } else {
+                format!(
+                    "loss: {:.4}\nperplexity: {ppl:.4}\ntokens: {tokens}\nrows: {}",
+                    e.loss, e.rows
+                )
+            }
+        }
+        TaskHead::Regression { outputs } => {
+            let mse = e.mse.unwrap_or(e.loss);
+            if args.json {
+                serde_json::json!({"task": "regress", "mse": mse, "rows": e.rows, "outputs": outputs})
+                    .to_string()
+            } else {
+                format!("mse: {mse:.6}\nrows: {}", e.rows)
+            }
         }
     };
-    let weight = weight.to_f32().map_err(kilotune::Error::from)?;
-    let bias = bias.to_f32().map_err(kilotune::Error::from)?;
+    writeln!(out, "{line}").map_err(CliError::Stdout)
+}
 
-    let rows = data::read_jsonl(&args.data, args.limit)?;
-    let rule = Classes::from_rows(&rows)?;
-    // A named rule counts the classes in this file: it matches training only if all are present.
+/// The label rule for a classifier with `classes` classes: string labels must name exactly
+/// that many classes in this file (the rule counts what it sees), integer labels are ids.
+fn class_rule(args: &EvalArgs, rows: &[data::Row], classes: usize) -> Result<Classes> {
+    let rule = Classes::from_rows(rows)?;
     if matches!(rule, Classes::Named(_)) && rule.count() != classes {
         return Err(CliError::Usage(format!(
             "{} has {} distinct labels ({}), the delta's head {classes} classes; string labels map to ids in \
@@ -68,88 +112,8 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
             rule.describe()
         )));
     }
-    let rule = match rule {
+    Ok(match rule {
         Classes::Ids { .. } => Classes::Ids { count: classes },
         named => named,
-    };
-    let tok = TextTokenizer::load(&args.model.tokenizer, args.model.max_len as usize)?;
-    let set = Encoded::new(&rows, &tok, &rule)?;
-    let feeds = FeedPlan::for_model(&base)?;
-    let session = Session::with_delta(base, &delta, args.model.session_config())?;
-
-    let (mut right, mut loss) = (0usize, 0f64);
-    let order: Vec<usize> = (0..set.len()).collect();
-    for members in order.chunks(args.batch as usize) {
-        let group: Vec<&Encoding> = members.iter().map(|&i| &set.encodings[i]).collect();
-        let (padded, inputs) = pad_and_feed(&tok, &feeds, &group)?;
-        let outputs = session.run(&inputs)?;
-        let h = pick_hidden(&outputs)?;
-        let (seq, dim) = hidden_dims(h, &padded)?;
-        if h.dtype() != DType::F32 || dim != hidden {
-            return Err(CliError::Usage(format!(
-                "the model's hidden size is {dim}, the delta's head expects {hidden}"
-            )));
-        }
-        let data = h.typed::<f32>("hidden states")?;
-        let pooled = match pooling {
-            Pooling::Mean => mean_pool(data, &padded.mask, seq, dim),
-            Pooling::Cls => data
-                .chunks_exact(seq * dim)
-                .flat_map(|r| r[..dim].iter().copied())
-                .collect(),
-        };
-        for (p, &i) in pooled.chunks_exact(dim).zip(members) {
-            let logits: Vec<f32> = weight
-                .chunks_exact(dim)
-                .zip(&bias)
-                .map(|(w, b)| w.iter().zip(p).map(|(a, x)| a * x).sum::<f32>() + b)
-                .collect();
-            let (l, best) = cross_entropy_argmax(&logits, set.labels[i]);
-            loss += l;
-            right += usize::from(best == set.labels[i]);
-        }
-    }
-    let n = set.len();
-    let accuracy = right as f64 / n as f64;
-    let loss = loss / n as f64;
-    if args.json {
-        let v =
-            serde_json::json!({"accuracy": accuracy, "loss": loss, "rows": n, "classes": classes});
-        writeln!(out, "{v}").map_err(CliError::Stdout)?;
-    } else {
-        writeln!(out, "accuracy: {accuracy:.4}\nloss: {loss:.4}\nrows: {n}")
-            .map_err(CliError::Stdout)?;
-    }
-    Ok(())
-}
-
-/// The softmax cross-entropy of `logits` against `label`, and the argmax (first on ties).
-fn cross_entropy_argmax(logits: &[f32], label: usize) -> (f64, usize) {
-    let best = logits
-        .iter()
-        .enumerate()
-        .fold(0, |bi, (i, &v)| if v > logits[bi] { i } else { bi });
-    let max = f64::from(logits[best]);
-    let lse = max
-        + logits
-            .iter()
-            .map(|&v| (f64::from(v) - max).exp())
-            .sum::<f64>()
-            .ln();
-    (lse - f64::from(logits[label]), best)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cross_entropy_and_argmax() {
-        let (l, best) = cross_entropy_argmax(&[0.0, 0.0], 1);
-        assert!((l - std::f64::consts::LN_2).abs() < 1e-12);
-        assert_eq!(best, 0);
-        let (l, best) = cross_entropy_argmax(&[1.0, 3.0, 2.0], 1);
-        assert_eq!(best, 1);
-        assert!(l > 0.0 && l < 1.0);
-    }
+    })
 }

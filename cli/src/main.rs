@@ -50,14 +50,14 @@ enum Command {
         after_help = "Examples:\n  kilotune embed model.onnx --tokenizer tokenizer.json \"hello world\" \"a second sentence\"\n  kilotune embed model.onnx --tokenizer tokenizer.json --file lines.txt --out embeddings.npy"
     )]
     Embed(EmbedArgs),
-    /// Train a delta (LoRA or BitFit plus a classification head) on labelled JSON lines.
+    /// Train a delta (LoRA or BitFit, plus the task's head) on JSON lines: classify, regress or causal-lm.
     #[command(
-        after_help = "Data: one JSON object per line, {\"text\": \"...\", \"label\": ...}. String labels map to class ids\nin sorted order of the distinct labels; integer labels are the class ids. `kilotune eval` applies\nthe same rule, so nothing about labels is stored in the delta.\n\nExample:\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data train.jsonl --task classify \\\n      --method lora --rank 8 --targets query,value --epochs 3 --batch 16 --lr 5e-4 \\\n      --eval test.jsonl --out user.ktd"
+        after_help = "Data: one JSON object per line.\n  classify   {\"text\": \"...\", \"label\": \"pos\"} or an integer label. String labels map to class ids in\n             sorted order of the distinct labels; integer labels are the class ids. `kilotune eval`\n             applies the same rule, so nothing about labels is stored in the delta.\n  regress    {\"text\": \"...\", \"label\": 0.75}: one number per row, fitted by mean squared error.\n  causal-lm  {\"text\": \"...\"}: next-token prediction through the model's own LM head (its first\n             output must be the logits); padding is never scored.\n\nExamples:\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data train.jsonl --task classify \\\n      --method lora --rank 8 --targets query,value --epochs 3 --batch 16 --lr 5e-4 \\\n      --eval test.jsonl --out user.ktd\n  kilotune train --model llama.onnx --tokenizer tokenizer.json --data notes.jsonl --task causal-lm \\\n      --targets q_proj,v_proj --out user.ktd"
     )]
     Train(TrainArgs),
-    /// Evaluate a trained delta's classifier on labelled JSON lines: accuracy and loss.
+    /// Evaluate a trained delta on JSON lines: accuracy (classify), perplexity (causal-lm) or MSE (regress).
     #[command(
-        after_help = "Labels: string labels map to class ids in sorted order of the distinct labels in --data,\ninteger labels are the class ids: the rule `kilotune train` used. Give a file with every class.\n\nExample:\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta user.ktd --data test.jsonl --json"
+        after_help = "The delta names its task; --data holds rows of that task's kind (see `kilotune train --help`).\nPrinted: `accuracy` and `loss` for a classifier, `loss` (per predicted token) and `perplexity`\nfor a causal LM, `mse` for a regressor; --json prints one object with the same keys.\n\nLabels: string labels map to class ids in sorted order of the distinct labels in --data,\ninteger labels are the class ids: the rule `kilotune train` used. Give a file with every class.\n\nExample:\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta user.ktd --data test.jsonl --json"
     )]
     Eval(EvalArgs),
 }
@@ -105,12 +105,21 @@ impl ModelFlags {
 /// The task a delta is trained for.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Task {
-    /// Text classification: a linear head over the mean-pooled hidden states.
+    /// Text classification: a linear head over the pooled hidden states, cross-entropy.
     Classify,
-    /// Regression (not implemented yet).
+    /// Regression: a linear head over the mean-pooled hidden states, mean squared error.
     Regress,
-    /// Causal language modelling (not implemented yet).
+    /// Causal language modelling: next-token cross-entropy through the model's own LM head.
     CausalLm,
+}
+
+/// How a classification head pools a text's hidden states.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PoolingChoice {
+    /// The mean over the text's tokens (padding excluded).
+    Mean,
+    /// The first token's hidden state (BERT's [CLS]).
+    Cls,
 }
 
 /// The PEFT method.
@@ -146,12 +155,16 @@ enum PrecisionChoice {
 struct TrainArgs {
     #[command(flatten)]
     model: ModelFlags,
-    /// Training data: JSON lines {"text": ..., "label": ...}.
+    /// Training data: JSON lines {"text": ..., "label": ...} ({"text": ...} for causal-lm).
     #[arg(long, value_name = "FILE.jsonl")]
     data: PathBuf,
-    /// The task; only `classify` is implemented so far.
+    /// The task: a classifier, a regressor, or the language model itself.
     #[arg(long, value_enum, default_value_t = Task::Classify)]
     task: Task,
+    /// How the classification head pools the hidden states [default: mean]. Regression always
+    /// pools by the mean (the delta stores no pooling for it); causal-lm does not pool.
+    #[arg(long, value_enum)]
+    pooling: Option<PoolingChoice>,
     /// The PEFT method.
     #[arg(long, value_enum, default_value_t = Method::Lora)]
     method: Method,
@@ -182,7 +195,7 @@ struct TrainArgs {
     /// Where to save the delta (.ktd).
     #[arg(long, value_name = "FILE.ktd")]
     out: PathBuf,
-    /// Held-out JSON lines to report accuracy and loss on after each epoch.
+    /// Held-out JSON lines to evaluate after each epoch (accuracy, perplexity or MSE).
     #[arg(long, value_name = "FILE.jsonl")]
     eval: Option<PathBuf>,
     /// Use only the first N rows of --data.
@@ -200,10 +213,10 @@ struct TrainArgs {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelFlags,
-    /// The trained delta (.ktd) with its classification head.
+    /// The trained delta (.ktd); its task head says what is measured.
     #[arg(long, value_name = "FILE.ktd")]
     delta: Option<PathBuf>,
-    /// Labelled data: JSON lines {"text": ..., "label": ...}.
+    /// Data of the delta's task: JSON lines {"text": ..., "label": ...} ({"text": ...} for a causal LM).
     #[arg(long, value_name = "FILE.jsonl")]
     data: PathBuf,
     /// Use only the first N rows of --data.

@@ -1,5 +1,6 @@
-//! `kilotune train`: labelled JSON lines → a LoRA or BitFit delta with a classification head,
-//! saved as a `.ktd` file.
+//! `kilotune train`: JSON lines → a LoRA or BitFit delta for a task (a classification or
+//! regression head, or the model's own LM head for causal language modelling), saved as a
+//! `.ktd` file.
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -8,13 +9,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kilotune::delta::{self, Precision};
 use kilotune::peft::{BitFitConfig, BitFitVariant, LoraConfig, PeftMethod, Pooling, TaskHead};
 use kilotune::train::optim::{Decay, OptimizerConfig, Schedule};
-use kilotune::train::trainer::{TrainConfig, Trainer};
+use kilotune::train::trainer::{Evaluation, TrainConfig, Trainer};
 use kilotune::Base;
 
-use crate::data::{self, Classes, Encoded};
+use crate::data::{self, Classes, Encoded, LabelKind, Labels};
 use crate::embed::{FeedPlan, TextTokenizer};
 use crate::error::{CliError, Result};
-use crate::{BitFitChoice, Method, PrecisionChoice, Task, TrainArgs};
+use crate::{BitFitChoice, Method, PoolingChoice, PrecisionChoice, Task, TrainArgs};
 
 /// The share of all steps spent warming the learning rate up.
 const WARMUP_FRACTION: f64 = 0.06;
@@ -22,36 +23,58 @@ const WARMUP_FRACTION: f64 = 0.06;
 /// Runs `kilotune train`.
 pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     let t_start = Instant::now();
-    if args.task != Task::Classify {
-        return Err(CliError::Usage(format!(
-            "--task {}: only `classify` is implemented so far",
-            match args.task {
-                Task::Regress => "regress",
-                _ => "causal-lm",
-            }
-        )));
-    }
     let outln = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(CliError::Stdout);
-
-    let rows = data::read_jsonl(&args.data, args.limit)?;
-    let classes = Classes::from_rows(&rows)?;
-    if classes.count() < 2 {
-        return Err(CliError::Usage(format!(
-            "{} has a single class ({}); classification needs at least 2",
-            args.data.display(),
-            classes.describe()
-        )));
+    if args.pooling == Some(PoolingChoice::Cls) && args.task != Task::Classify {
+        return Err(CliError::Usage(
+            "--pooling cls is for --task classify: a regression head pools by the mean (the delta \
+             stores no pooling for it) and a causal LM does not pool"
+                .into(),
+        ));
     }
-    outln(out, format!("labels: {}", classes.describe()))?;
+    let kind = match args.task {
+        Task::Classify => LabelKind::Class,
+        Task::Regress => LabelKind::Number,
+        Task::CausalLm => LabelKind::None,
+    };
+
+    let rows = data::read_jsonl(&args.data, args.limit, kind)?;
+    let classes = match args.task {
+        Task::Classify => {
+            let classes = Classes::from_rows(&rows)?;
+            if classes.count() < 2 {
+                return Err(CliError::Usage(format!(
+                    "{} has a single class ({}); classification needs at least 2",
+                    args.data.display(),
+                    classes.describe()
+                )));
+            }
+            outln(out, format!("labels: {}", classes.describe()))?;
+            Some(classes)
+        }
+        _ => None,
+    };
+    let labels = match (&classes, args.task) {
+        (Some(c), _) => Labels::Classes(c),
+        (None, Task::Regress) => Labels::Values,
+        _ => Labels::NextTokens,
+    };
 
     let tok = TextTokenizer::load(&args.model.tokenizer, args.model.max_len as usize)?;
-    let train_set = Encoded::new(&rows, &tok, &classes)?;
+    let train_set = Encoded::new(&rows, &tok, &labels)?;
+    if let Some(v) = train_set.values() {
+        let (lo, hi) = v
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        outln(out, format!("targets: {} values in [{lo}, {hi}]", v.len()))?;
+    }
     let eval_set = match &args.eval {
         Some(path) => {
-            let eval_rows = data::read_jsonl(path, None)?;
+            let eval_rows = data::read_jsonl(path, None, kind)?;
             // The training run's classes, so ids mean the same; an unseen label is an error.
             Some(
-                Encoded::new(&eval_rows, &tok, &classes)
+                Encoded::new(&eval_rows, &tok, &labels)
                     .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
             )
         }
@@ -62,7 +85,8 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     let feeds = FeedPlan::for_model(&base)?;
     if !feeds.has_mask {
         return Err(CliError::Usage(
-            "the model has no `attention_mask` input; training pools over it".into(),
+            "the model has no `attention_mask` input; training needs it to leave padding out"
+                .into(),
         ));
     }
 
@@ -100,9 +124,16 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
             ..OptimizerConfig::default()
         },
     };
-    let head = TaskHead::Classification {
-        classes: classes.count() as u32,
-        pooling: Pooling::Mean,
+    let head = match (&classes, args.task) {
+        (Some(c), _) => TaskHead::Classification {
+            classes: c.count() as u32,
+            pooling: match args.pooling {
+                Some(PoolingChoice::Cls) => Pooling::Cls,
+                _ => Pooling::Mean,
+            },
+        },
+        (None, Task::Regress) => TaskHead::Regression { outputs: 1 },
+        _ => TaskHead::CausalLm,
     };
     let mut trainer = Trainer::new(base, method, head, config)?;
     outln(
@@ -122,6 +153,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     };
 
     let interactive = std::io::stderr().is_terminal();
+    let mut last_eval = None;
     for epoch in 0..args.epochs {
         let order = data::shuffled(train_set.len(), args.seed, epoch);
         let batches = train_set.batches(&order, batch, &tok, &feeds)?;
@@ -142,8 +174,8 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         let (mut loss_sum, mut seen) = (0f64, 0usize);
         for b in &batches {
             let report = trainer.step(b)?;
-            loss_sum += f64::from(report.loss) * b.labels.len() as f64;
-            seen += b.labels.len();
+            loss_sum += f64::from(report.loss) * b.rows() as f64;
+            seen += b.rows();
             let rate = seen as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "loss {:.4}, {rate:.1} rows/s",
@@ -165,22 +197,15 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         let _ = writeln!(std::io::stderr(), "{line}");
         if let Some(eb) = &eval_batches {
             let e = trainer.evaluate(eb)?;
-            outln(
-                out,
-                format!(
-                    "epoch {}: accuracy {:.4} loss {:.4} ({} rows)",
-                    epoch + 1,
-                    e.accuracy,
-                    e.loss,
-                    e.rows
-                ),
-            )?;
+            outln(out, format!("epoch {}: {}", epoch + 1, describe(&e)))?;
             out.flush().map_err(CliError::Stdout)?;
+            last_eval = Some(e);
         }
     }
 
     let mut delta = trainer.delta();
     delta.summary.epochs = args.epochs;
+    delta.summary.eval_metric = last_eval.as_ref().map(headline);
     let precision = match args.precision {
         PrecisionChoice::F32 => Precision::F32,
         PrecisionChoice::F16 => Precision::F16,
@@ -200,4 +225,29 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         format!("wall time {:.2} s", t_start.elapsed().as_secs_f64()),
     )?;
     Ok(())
+}
+
+/// An epoch's evaluation in the task's terms, for the per-epoch line.
+fn describe(e: &Evaluation) -> String {
+    match (e.accuracy, e.perplexity, e.mse) {
+        (Some(acc), _, _) => format!("accuracy {acc:.4} loss {:.4} ({} rows)", e.loss, e.rows),
+        (_, Some(ppl), _) => format!(
+            "loss {:.4} perplexity {ppl:.4} ({} tokens, {} rows)",
+            e.loss,
+            e.tokens.unwrap_or(0),
+            e.rows
+        ),
+        (_, _, Some(mse)) => format!("mse {mse:.4} ({} rows)", e.rows),
+        _ => format!("loss {:.4} ({} rows)", e.loss, e.rows),
+    }
+}
+
+/// The task's own measure, as the delta's training summary records it.
+fn headline(e: &Evaluation) -> (String, f32) {
+    match (e.accuracy, e.perplexity, e.mse) {
+        (Some(acc), _, _) => ("accuracy".into(), acc),
+        (_, Some(ppl), _) => ("perplexity".into(), ppl),
+        (_, _, Some(mse)) => ("mse".into(), mse),
+        _ => ("loss".into(), e.loss),
+    }
 }

@@ -604,7 +604,7 @@ fn train_names_the_bad_jsonl_line() {
 }
 
 #[test]
-fn train_refuses_tasks_other_than_classify() {
+fn train_regress_refuses_labels_that_are_not_numbers() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tok = write_tokenizer(dir.path());
     let data = write_data(dir.path(), "d.jsonl", 4);
@@ -620,7 +620,7 @@ fn train_refuses_tasks_other_than_classify() {
         "--out".into(),
         dir.path().join("o.ktd").display().to_string(),
     ]);
-    assert_fails_with(&kilotune(&args), "only `classify` is implemented");
+    assert_fails_with(&kilotune(&args), "line 1: label \"cats\" is not a number");
 }
 
 #[test]
@@ -631,8 +631,5 @@ fn eval_without_a_delta_is_a_clear_error() {
     let mut args: Vec<String> = vec!["eval".into()];
     args.extend(model_flags(&tok));
     args.extend(["--data".into(), data.display().to_string()]);
-    assert_fails_with(
-        &kilotune(&args),
-        "eval needs a delta with a classification head",
-    );
+    assert_fails_with(&kilotune(&args), "eval needs a delta with a task head");
 }

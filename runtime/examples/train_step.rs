@@ -19,14 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let task = TaskHead::Classification { classes: 2, pooling: Pooling::Mean };
     let mut t = Trainer::new(base, method, task, TrainConfig { threads, ..Default::default() })?;
     let ids: Vec<i64> = (0..(b * s) as i64).map(|i| (i * 7919 + 101) % 29000 + 1000).collect();
-    let batch = Batch {
-        inputs: vec![
+    let batch = Batch::classification(
+        vec![
             ("input_ids".into(), Tensor::new(&[b, s], ids)?),
             ("attention_mask".into(), Tensor::new(&[b, s], vec![1i64; b * s])?),
             ("token_type_ids".into(), Tensor::new(&[b, s], vec![0i64; b * s])?),
         ],
-        labels: (0..b).map(|i| i % 2).collect(),
-    };
+        (0..b).map(|i| i % 2).collect(),
+    );
     t.step(&batch)?;
     let n = 5;
     let start = std::time::Instant::now();

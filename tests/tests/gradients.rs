@@ -4,8 +4,9 @@
 use kilotune::delta::{Delta, NamedTensor, TrainingSummary};
 use kilotune::graph::Graph;
 use kilotune::ops::Op;
-use kilotune::peft::{LoraConfig, PeftMethod};
-use kilotune::train::classify::{step, ClassifierHead};
+use kilotune::peft::{LoraConfig, PeftMethod, Pooling};
+use kilotune::train::classify::step;
+use kilotune::train::head::PooledHead;
 use kilotune::train::tape::Trainables;
 use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor};
 use kilotune_tests::{fixtures, load_npy};
@@ -66,7 +67,7 @@ fn trainables(g: &Graph) -> Trainables {
 
 fn check(file: &str) {
     let base = Base::load(fixtures().join(file), LoadOptions::default()).unwrap();
-    let head = ClassifierHead { classes: 3, hidden: 32, weight: noise(96, 7, 0.5), bias: vec![0.1, -0.2, 0.05] };
+    let head = PooledHead { pooling: Pooling::Mean, outputs: 3, hidden: 32, weight: noise(96, 7, 0.5), bias: vec![0.1, -0.2, 0.05] };
     let labels = [0usize, 2, 1];
     let feed = inputs();
     let loss_of = |tweak: Option<(&str, usize, f32)>| -> f64 {

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use kilotune::delta::peft_interop::import_peft_adapter;
 use kilotune::delta::{Delta, NamedTensor, TrainingSummary};
 use kilotune::ops::Op;
-use kilotune::peft::{BitFitConfig, PeftMethod};
-use kilotune::train::classify::{step, ClassifierHead, StepResult};
+use kilotune::peft::{BitFitConfig, PeftMethod, Pooling};
+use kilotune::train::classify::step;
+use kilotune::train::head::{PooledHead, StepResult};
 use kilotune::train::tape::Trainables;
 use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor, WeightFormat};
 use kilotune_tests::{load_npy, shared};
@@ -126,12 +127,13 @@ mod serde_json_lite {
     }
 }
 
-fn batch() -> (Vec<(&'static str, Tensor)>, Vec<usize>, ClassifierHead) {
+fn batch() -> (Vec<(&'static str, Tensor)>, Vec<usize>, PooledHead) {
     let d = dir();
     let inputs = ["input_ids", "attention_mask", "token_type_ids"].iter().map(|&n| (n, load_npy(d.join(format!("{n}.npy"))))).collect();
     let labels = load_npy(d.join("labels.npy")).to_i64_vec("labels").unwrap().into_iter().map(|l| l as usize).collect();
-    let head = ClassifierHead {
-        classes: 2,
+    let head = PooledHead {
+        pooling: Pooling::Mean,
+        outputs: 2,
         hidden: 384,
         weight: load_npy(d.join("head_weight.npy")).to_f32_vec(),
         bias: load_npy(d.join("head_bias.npy")).to_f32_vec(),
@@ -189,7 +191,7 @@ fn lora_loss_and_gradients_match_peft() {
     let (r, worst, _) = lora_run(WeightFormat::AsShipped);
     let want_loss = reference_loss("lora");
     let want_logits = load_npy(dir().join("lora_logits.npy")).to_f32_vec();
-    println!("LoRA: loss {} vs PEFT {want_loss}; worst relative gradient error {worst:e}; logits rel {:e}", r.loss, rel(&r.logits, &want_logits));
+    println!("LoRA: loss {} vs PEFT {want_loss}; worst relative gradient error {worst:e}; logits rel {:e}", r.loss, rel(&r.outputs, &want_logits));
     assert!((r.loss - want_loss).abs() / want_loss <= 1e-3, "loss {} vs {want_loss}", r.loss);
     assert!(worst <= 1e-3, "worst relative error of a LoRA gradient: {worst:e}");
 }

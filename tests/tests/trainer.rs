@@ -18,14 +18,14 @@ fn batches(n: usize, rows: usize, seq: usize, seed: u64) -> Vec<Batch> {
         .map(|_| {
             let ids: Vec<i64> = (0..rows * seq).map(|_| next() % 127 + 1).collect();
             let labels = (0..rows).map(|r| usize::from(ids[r * seq] >= 64)).collect();
-            Batch {
-                inputs: vec![
+            Batch::classification(
+                vec![
                     ("input_ids".into(), Tensor::new(&[rows, seq], ids).unwrap()),
                     ("attention_mask".into(), Tensor::new(&[rows, seq], vec![1i64; rows * seq]).unwrap()),
                     ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).unwrap()),
                 ],
                 labels,
-            }
+            )
         })
         .collect()
 }

@@ -3,15 +3,22 @@
 //!
 //! [`backward`] holds pure functions, one per forward op, each given the forward inputs (and
 //! outputs where they are cheaper than recomputing) and the gradient of the loss with respect to
-//! the op's output. [`tape`] chains them over the fused graph; [`classify`] puts a pooled
-//! classification head and its loss on top.
+//! the op's output. [`tape`] chains them over the fused graph. The tasks put their loss on top:
+//! [`classify`] and [`regress`] a pooled linear head ([`head`]), [`causal_lm`] next-token
+//! cross-entropy through the model's own LM head. [`trainer`] runs the steps and
+//! [`evaluate`] scores a delta, in training or from a saved file.
 //!
 //! Frozen weights (f32 or dequantized int8) never receive a gradient: only the input gradient
 //! flows through them, as in candle and burn.
 
 pub mod backward;
+pub mod batch;
+pub mod causal_lm;
 pub mod classify;
+pub mod evaluate;
+pub mod head;
 pub mod optim;
+pub mod regress;
 pub mod rng;
 pub mod tape;
 pub mod trainer;

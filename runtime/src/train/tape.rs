@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::backward::{activation, attention as attn_bw, linear as lin_bw, norm as norm_bw};
+use super::backward::{activation, attention as attn_bw, linear as lin_bw, norm as norm_bw, rotary as rotary_bw};
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
 use crate::kernels::attention::{AttentionDims, MaskView};
@@ -156,6 +156,15 @@ pub fn backward(g: &Graph, slots: &[Option<Tensor>], seed: (ValueId, Vec<f32>), 
             Op::Silu => {
                 let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
                 send(&mut grads, inp(0), activation::silu_backward(x, &dy), &mut out);
+            }
+            Op::Rotary => {
+                // Only x can lead to a trainable: cos/sin come from positions, the bounds from
+                // shapes (the legacy export computes them from x's shape, so they "reach").
+                let mut ins: [Option<&Tensor>; 11] = [None; 11];
+                for (k, slot) in ins.iter_mut().enumerate() {
+                    *slot = inp(k).map(value).transpose()?;
+                }
+                send(&mut grads, inp(0), rotary_bw::rotary_input_grad(&ins, &dy)?, &mut out);
             }
             Op::Attention(a) => {
                 let (qt, kt, vt) = (value(inp(0).ok_or_else(|| unsupported(&n.op))?)?, value(inp(1).ok_or_else(|| unsupported(&n.op))?)?, value(inp(2).ok_or_else(|| unsupported(&n.op))?)?);

@@ -1,11 +1,15 @@
-//! [`Trainer`]: trains a user's delta (LoRA or BitFit, plus a classification head) on a frozen
-//! base, one batch at a time, and hands it out as a [`Delta`] to save.
+//! [`Trainer`]: trains a user's delta (LoRA or BitFit, plus the task's head) on a frozen base,
+//! one batch at a time, and hands it out as a [`Delta`] to save. Tasks: classification and
+//! regression (a linear head over the pooled hidden state) and causal language modelling
+//! (the base's own LM head, nothing added).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::classify::{step, ClassifierHead};
+use super::evaluate::{evaluate_task, task_outputs};
+use super::head::{PooledHead, REGRESSION_POOLING};
 use super::optim::{OptimizerConfig, Optimizer, ParamGroup, StepOutcome};
+use super::{causal_lm, classify, regress};
 use super::rng::Rng;
 use super::tape::Trainables;
 use crate::base::Base;
@@ -13,9 +17,11 @@ use crate::delta::{Delta, NamedTensor, TrainingSummary};
 use crate::error::{Error, Result};
 use crate::ops::Op;
 use crate::peft::apply::HEAD_PREFIX;
-use crate::peft::{BitFitVariant, PeftMethod, Pooling, TaskHead};
+use crate::peft::{BitFitVariant, PeftMethod, TaskHead};
 use crate::session::{Session, SessionConfig};
-use crate::tensor::Tensor;
+
+pub use super::batch::{Batch, Targets};
+pub use super::evaluate::Evaluation;
 
 /// Settings for a [`Trainer`].
 #[derive(Clone, Debug, Default)]
@@ -29,16 +35,6 @@ pub struct TrainConfig {
     pub optimizer: OptimizerConfig,
 }
 
-/// One batch of classification data: the model's inputs ([batch, seq] each, including
-/// `attention_mask`) and a label per row.
-#[derive(Clone, Debug)]
-pub struct Batch {
-    /// Named inputs.
-    pub inputs: Vec<(String, Tensor)>,
-    /// Class per row.
-    pub labels: Vec<usize>,
-}
-
 /// What one training step did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepReport {
@@ -46,17 +42,6 @@ pub struct StepReport {
     pub loss: f32,
     /// What the optimizer did.
     pub outcome: StepOutcome,
-}
-
-/// Accuracy and mean loss over some batches.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Evaluation {
-    /// Fraction of rows classified right.
-    pub accuracy: f32,
-    /// Mean cross-entropy.
-    pub loss: f32,
-    /// Rows seen.
-    pub rows: usize,
 }
 
 /// A trainable parameter tensor of the delta.
@@ -76,24 +61,25 @@ pub struct Trainer {
     task: TaskHead,
     session: Session,
     params: Vec<Param>,
-    head: ClassifierHead,
+    /// The pooled linear head; `None` for a causal LM, which uses the base's own LM head.
+    head: Option<PooledHead>,
     optimizer: Optimizer,
     steps: u64,
     last_loss: Option<f32>,
 }
 
 impl Trainer {
-    /// A trainer for `method` with a classification `task` head on `base`. LoRA's A starts
-    /// Kaiming-uniform (bound 1/√k, as PEFT), B at zero, so the first forward equals the base;
-    /// BitFit deltas and the head's bias start at zero, the head's weight uniform in ±1/√hidden.
+    /// A trainer for `method` with the `task` head on `base`. LoRA's A starts Kaiming-uniform
+    /// (bound 1/√k, as PEFT), B at zero, so the first forward equals the base; BitFit deltas
+    /// and a head's bias start at zero, a head's weight uniform in ±1/√hidden.
+    ///
+    /// Classification pools as its [`TaskHead`] says; regression pools with
+    /// [`REGRESSION_POOLING`] (the delta format stores no pooling for it); a causal LM trains
+    /// through the model's first output, its logits. BitFit on a base without biases (a Llama:
+    /// bias-free `Linear`s, RMSNorm) is an [`Error::Config`] rather than an empty delta.
     pub fn new(base: Arc<Base>, method: PeftMethod, task: TaskHead, config: TrainConfig) -> Result<Trainer> {
         config.optimizer.validate()?;
-        let TaskHead::Classification { classes, pooling } = task.clone() else {
-            return Err(Error::Config("only classification heads are trained so far".into()));
-        };
-        if pooling != Pooling::Mean {
-            return Err(Error::Config("only mean pooling is supported so far".into()));
-        }
+        task.validate()?;
         let mut rng = Rng::new(config.seed);
         let mut params = Vec::new();
         match &method {
@@ -138,14 +124,20 @@ impl Trainer {
             }
         }
         if params.is_empty() {
-            return Err(Error::Config("the method selects no parameter of this base (check target_modules)".into()));
+            return Err(Error::Config(match method {
+                // RMSNorm's weight is a scale, not a bias: training it would be another method
+                // under BitFit's name, so a bias-free base gets an error instead.
+                PeftMethod::BitFit(_) if base.linears().iter().all(|l| l.bias.is_none()) => {
+                    "BitFit trains bias terms, and this base has none to train (no Linear layer has a bias; an RMSNorm has only a scale): use LoRA".into()
+                }
+                PeftMethod::BitFit(_) => "this BitFit variant selects no bias of this base".into(),
+                _ => "the method selects no parameter of this base (check target_modules)".into(),
+            }));
         }
-        let hidden = hidden_size(&base)?;
-        let head = ClassifierHead {
-            classes: classes as usize,
-            hidden,
-            weight: rng.uniform_vec(classes as usize * hidden, 1.0 / (hidden as f32).sqrt()),
-            bias: vec![0.0; classes as usize],
+        let head = match task {
+            TaskHead::Classification { classes, pooling } => Some(new_head(&base, &mut rng, classes as usize, pooling)?),
+            TaskHead::Regression { outputs } => Some(new_head(&base, &mut rng, outputs as usize, REGRESSION_POOLING)?),
+            TaskHead::CausalLm => None,
         };
         let mut t = Trainer {
             session: Session::new(base.clone(), SessionConfig { threads: config.threads })?,
@@ -165,8 +157,10 @@ impl Trainer {
     /// The delta as it stands now (parameters, head, summary), ready to save.
     pub fn delta(&self) -> Delta {
         let mut tensors: Vec<NamedTensor> = self.params.iter().map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect();
-        tensors.push(NamedTensor::f32(format!("{HEAD_PREFIX}weight"), &[self.head.classes as u32, self.head.hidden as u32], self.head.weight.clone()));
-        tensors.push(NamedTensor::f32(format!("{HEAD_PREFIX}bias"), &[self.head.classes as u32], self.head.bias.clone()));
+        if let Some(h) = &self.head {
+            tensors.push(NamedTensor::f32(format!("{HEAD_PREFIX}weight"), &[h.outputs as u32, h.hidden as u32], h.weight.clone()));
+            tensors.push(NamedTensor::f32(format!("{HEAD_PREFIX}bias"), &[h.outputs as u32], h.bias.clone()));
+        }
         Delta {
             base_fingerprint: self.base.fingerprint(),
             method: self.method.clone(),
@@ -178,7 +172,7 @@ impl Trainer {
 
     /// Trainable parameter count (delta + head).
     pub fn parameter_count(&self) -> usize {
-        self.params.iter().map(|p| p.values.len()).sum::<usize>() + self.head.weight.len() + self.head.bias.len()
+        self.params.iter().map(|p| p.values.len()).sum::<usize>() + self.head.as_ref().map_or(0, |h| h.weight.len() + h.bias.len())
     }
 
     /// Re-applies the current parameters to the session's graph.
@@ -215,14 +209,16 @@ impl Trainer {
         (t, node_of_param)
     }
 
-    fn named(batch: &Batch) -> Vec<(&str, Tensor)> {
-        batch.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()
-    }
-
-    /// One optimization step on `batch`.
+    /// One optimization step on `batch`, whose targets must fit the trainer's task.
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
         let (t, where_) = self.trainables();
-        let r = step(&self.session, &Self::named(batch), &batch.labels, &self.head, &t)?;
+        let named = batch.named();
+        let r = match (&self.task, &batch.targets, &self.head) {
+            (TaskHead::Classification { .. }, Targets::Classes(labels), Some(h)) => classify::step(&self.session, &named, labels, h, &t)?,
+            (TaskHead::Regression { .. }, Targets::Values(values), Some(h)) => regress::step(&self.session, &named, values, h, &t)?,
+            (TaskHead::CausalLm, Targets::NextTokens, None) => causal_lm::step(&self.session, &named, &t)?,
+            _ => return Err(Error::BadInput { name: "batch".into(), reason: format!("its targets ({}) do not fit this trainer's task {:?}", targets_name(&batch.targets), self.task) }),
+        };
         let mut grads: Vec<Vec<f32>> = Vec::with_capacity(self.params.len());
         for (pi, p) in self.params.iter().enumerate() {
             let at = where_.get(&pi).copied().ok_or_else(|| Error::Config(format!("parameter `{}` is not in the graph", p.name)))?;
@@ -241,8 +237,10 @@ impl Trainer {
         for (p, g) in self.params.iter_mut().zip(&grads) {
             groups.push(ParamGroup { name: &p.name, values: &mut p.values, grads: g, decay: p.decay });
         }
-        groups.push(ParamGroup { name: "head.weight", values: &mut self.head.weight, grads: &r.head_weight, decay: true });
-        groups.push(ParamGroup { name: "head.bias", values: &mut self.head.bias, grads: &r.head_bias, decay: false });
+        if let Some(h) = &mut self.head {
+            groups.push(ParamGroup { name: "head.weight", values: &mut h.weight, grads: &r.head_weight, decay: true });
+            groups.push(ParamGroup { name: "head.bias", values: &mut h.bias, grads: &r.head_bias, decay: false });
+        }
         let outcome = self.optimizer.step(&mut groups)?;
         self.steps += 1;
         self.last_loss = Some(r.loss);
@@ -250,38 +248,37 @@ impl Trainer {
         Ok(StepReport { loss: r.loss, outcome })
     }
 
-    /// Accuracy and loss over `batches`, without training.
+    /// The task's loss and measure over `batches` (accuracy, perplexity or MSE; see
+    /// [`Evaluation`]), without training. A [`super::evaluate::TaskSession`] over the saved
+    /// delta gives the same numbers.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<Evaluation> {
-        let (mut right, mut rows, mut loss) = (0usize, 0usize, 0f64);
-        for b in batches {
-            let logits = self.logits(b)?;
-            let c = self.head.classes;
-            let (l, _) = super::backward::cross_entropy(&logits, &b.labels);
-            loss += f64::from(l) * b.labels.len() as f64;
-            for (row, &label) in logits.chunks_exact(c).zip(&b.labels) {
-                let best = row.iter().enumerate().fold(0, |bi, (i, &v)| if v > row[bi] { i } else { bi });
-                right += usize::from(best == label);
-            }
-            rows += b.labels.len();
-        }
-        if rows == 0 {
-            return Err(Error::BadInput { name: "evaluation".into(), reason: "no rows".into() });
-        }
-        Ok(Evaluation { accuracy: right as f32 / rows as f32, loss: (loss / rows as f64) as f32, rows })
+        evaluate_task(&self.session, &self.task, self.head.as_ref(), batches)
     }
 
-    /// Class logits for a batch, [rows × classes].
-    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
-        let out = self.session.run(&Self::named(batch))?;
-        let hidden = out.0.first().map(|(_, t)| t).ok_or_else(|| Error::InvalidModel("no output".into()))?;
-        let mask = batch.inputs.iter().find(|(n, _)| n == "attention_mask").map(|(_, t)| t.to_f32_vec()).ok_or_else(|| Error::BadInput { name: "attention_mask".into(), reason: "needed for pooling".into() })?;
-        let pooled = super::backward::mean_pool(hidden.typed::<f32>("hidden")?, &mask, batch.labels.len().max(1));
-        Ok(self.head.logits(&pooled))
+    /// The head's outputs for a batch: class logits `[rows × classes]`, predictions
+    /// `[rows × outputs]`, or the LM's logits `[rows × seq × vocab]`.
+    pub fn outputs(&self, batch: &Batch) -> Result<Vec<f32>> {
+        task_outputs(&self.session, &self.task, self.head.as_ref(), batch)
     }
 
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+}
+
+/// A head with `outputs` outputs over the base's hidden size: weight uniform in ±1/√hidden
+/// (PyTorch's `nn.Linear` bound), bias zero.
+fn new_head(base: &Base, rng: &mut Rng, outputs: usize, pooling: crate::peft::Pooling) -> Result<PooledHead> {
+    let hidden = hidden_size(base)?;
+    Ok(PooledHead { pooling, outputs, hidden, weight: rng.uniform_vec(outputs * hidden, 1.0 / (hidden as f32).sqrt()), bias: vec![0.0; outputs] })
+}
+
+fn targets_name(t: &Targets) -> &'static str {
+    match t {
+        Targets::Classes(_) => "classes",
+        Targets::Values(_) => "values",
+        Targets::NextTokens => "next tokens",
     }
 }
 

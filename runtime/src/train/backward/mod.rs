@@ -16,6 +16,7 @@ pub mod attention;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod rotary;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
@@ -23,5 +24,6 @@ pub(crate) mod gradcheck;
 pub use activation::{gelu_backward, silu_backward, softmax_backward};
 pub use attention::{attention_backward, AttentionGrads};
 pub use linear::{linear_backward, linear_bias_grad, lora_backward, lora_forward, LoraGrads, LoraShape};
-pub use loss::{cross_entropy, mean_pool, mean_pool_backward, mse};
+pub use loss::{cls_pool, cls_pool_backward, cross_entropy, mean_pool, mean_pool_backward, mse, next_token_cross_entropy, next_token_nll};
 pub use norm::{add_layer_norm_backward, layer_norm_backward, rms_norm_backward, LayerNormGrads};
+pub use rotary::{rotary_backward, rotary_input_grad};
