@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::graph::{fold, fuse, shapes, Graph};
-use crate::onnx::{import::ImportInfo, import_model, proto::ModelProto};
+use crate::onnx::{import::{import_model_owned, ImportInfo}, proto::ModelProto};
 use crate::ops::Op;
 
 /// How the base's `Linear` weights are stored.
@@ -67,7 +67,12 @@ impl Base {
         }
         let bytes = std::fs::read(path).map_err(io)?;
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
-        Self::build(&bytes, dir, &options)
+        // The file's bytes go as soon as they are decoded, and each initializer's decoded bytes
+        // as soon as it is converted, so loading peaks near two copies of the weights, not three.
+        let model = ModelProto::decode(&bytes)?;
+        drop(bytes);
+        let (graph, info) = import_model_owned(model, dir)?;
+        Self::finish(graph, info, &options)
     }
 
     /// Loads an ONNX model from bytes (external data is refused: there is no folder).
@@ -80,8 +85,11 @@ impl Base {
 
     fn build(bytes: &[u8], dir: Option<&Path>, options: &LoadOptions) -> Result<Arc<Base>> {
         let model = ModelProto::decode(bytes)?;
-        let (mut graph, info) = import_model(&model, dir)?;
-        drop(model);
+        let (graph, info) = import_model_owned(model, dir)?;
+        Self::finish(graph, info, options)
+    }
+
+    fn finish(mut graph: Graph, info: ImportInfo, options: &LoadOptions) -> Result<Arc<Base>> {
         fold::fold_constants(&mut graph)?;
         fold::drop_identities(&mut graph);
         if options.fuse {

@@ -287,6 +287,24 @@ fn module_scope(node: &NodeProto) -> Option<String> {
 
 /// Builds the graph of a decoded model. `dir` resolves external data (None: refuse it).
 pub fn import_model(model: &ModelProto, dir: Option<&Path>) -> Result<(Graph, ImportInfo)> {
+    let tensors = model.graph.initializer.iter().map(|t| Ok((t.name.clone(), tensor_from_proto(t, dir)?))).collect::<Result<Vec<_>>>()?;
+    import_with(model, tensors, dir)
+}
+
+/// [`import_model`], taking the decoded model by value so each initializer's bytes are freed as
+/// soon as it is converted: peak memory during import stays near one copy of the weights
+/// instead of two.
+pub fn import_model_owned(mut model: ModelProto, dir: Option<&Path>) -> Result<(Graph, ImportInfo)> {
+    let initializers = std::mem::take(&mut model.graph.initializer);
+    let mut tensors = Vec::with_capacity(initializers.len());
+    for t in initializers {
+        let tensor = tensor_from_proto(&t, dir)?;
+        tensors.push((t.name, tensor));
+    }
+    import_with(&model, tensors, dir)
+}
+
+fn import_with(model: &ModelProto, initializers: Vec<(String, Tensor)>, dir: Option<&Path>) -> Result<(Graph, ImportInfo)> {
     let opset = model
         .opset_import
         .iter()
@@ -303,10 +321,9 @@ pub fn import_model(model: &ModelProto, dir: Option<&Path>) -> Result<(Graph, Im
     let mut g = Graph::default();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut info = ImportInfo { opset, producer: model.producer_name.clone(), ..Default::default() };
-    for t in &model.graph.initializer {
-        let tensor = tensor_from_proto(t, dir)?;
-        let id = g.add_value(t.name.clone(), Some(tensor));
-        ids.insert(t.name.clone(), id);
+    for (name, tensor) in initializers {
+        let id = g.add_value(name.clone(), Some(tensor));
+        ids.insert(name, id);
     }
     for i in &model.graph.input {
         if ids.contains_key(&i.name) {

@@ -107,11 +107,12 @@ impl Linear {
         Ok(Tensor::from_parts(shape_of(&shape)?, out))
     }
 
-    /// The weight as f32 K×N (dequantized for int8).
-    pub fn weight_f32(&self) -> Vec<f32> {
+    /// The weight as f32 K×N: borrowed for f32 layers, dequantized into a new buffer for int8
+    /// ones (the backward pass needs it once per step; caching it would undo the int8 saving).
+    pub fn weight_f32(&self) -> std::borrow::Cow<'_, [f32]> {
         match &self.weight {
-            LinearWeight::F32(w) => w.to_vec(),
-            LinearWeight::I8(w) => w.dequantize(),
+            LinearWeight::F32(w) => std::borrow::Cow::Borrowed(w.as_slice()),
+            LinearWeight::I8(w) => std::borrow::Cow::Owned(w.dequantize()),
         }
     }
 }

@@ -111,15 +111,15 @@ pub fn backward(g: &Graph, slots: &[Option<Tensor>], seed: (ValueId, Vec<f32>), 
         match &n.op {
             Op::Linear(l) => {
                 let x_id = inp(0).ok_or_else(|| unsupported(&n.op))?;
-                let x = f32s(x_id)?;
-                let rows = x.len() / l.k.max(1);
+                // Rows from dy: x is kept only when a LoRA path needs it (see `saved`).
+                let rows = dy.len() / l.n.max(1);
                 if t.linear_bias.contains(&i) {
                     out.linear_bias.insert(i, lin_bw::linear_bias_grad(&dy, l.n));
                 }
                 let mut dx = if wants(0) { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
                 if let Some(lora) = &l.lora {
                     let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
-                    let gr = lin_bw::lora_backward(x, &lora.a, &lora.b, lora.scale, shape, &dy);
+                    let gr = lin_bw::lora_backward(f32s(x_id)?, &lora.a, &lora.b, lora.scale, shape, &dy);
                     if t.lora.contains(&i) {
                         out.lora.insert(i, (gr.da, gr.db));
                     }
