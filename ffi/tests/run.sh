@@ -17,7 +17,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 build_lib() {
-    cargo test --workspace --no-run "$@" 2>&1 | grep -Ev '^\s+(Executable|Finished|Compiling)' || true
+    cargo test --workspace --no-run "$@" 2>"$work/build.log" || { cat "$work/build.log" >&2; exit 1; }
     test -f "$lib/libkilotune_ffi.so" || { echo "error: $lib/libkilotune_ffi.so was not built" >&2; exit 1; }
 }
 
