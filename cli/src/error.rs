@@ -43,6 +43,9 @@ pub enum CliError {
         /// The tokenizers crate's message.
         reason: String,
     },
+    /// A PEFT adapter could not be imported or exported.
+    #[error(transparent)]
+    Peft(#[from] kilotune::delta::peft_interop::PeftInteropError),
     /// The arguments are well-formed but do not fit the model or each other.
     #[error("{0}")]
     Usage(String),

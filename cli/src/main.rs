@@ -1,13 +1,16 @@
-//! `kilotune`: inspect, run, embed, train and evaluate with ONNX transformer models on the CPU.
+//! `kilotune`: inspect, run, embed, train and evaluate with ONNX transformer models on the CPU;
+//! merge deltas into models and move deltas to and from PEFT.
 //!
 //! This file holds only the command-line surface (clap definitions) and the dispatch; each
 //! subcommand's logic lives in its own module and returns a typed [`CliError`].
 
 mod data;
+mod delta;
 mod embed;
 mod error;
 mod eval;
 mod inspect;
+mod merge;
 mod run;
 mod train;
 
@@ -42,7 +45,7 @@ enum Command {
     Inspect(InspectArgs),
     /// Run a model on .npy inputs and write each output as DIR/<output name>.npy.
     #[command(
-        after_help = "Example:\n  kilotune run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy \\\n      --input token_type_ids=types.npy --out outputs/"
+        after_help = "Examples:\n  kilotune run model.onnx --input input_ids=ids.npy --input attention_mask=mask.npy \\\n      --input token_type_ids=types.npy --out outputs/\n  kilotune run model.onnx --delta user.ktd --input input_ids=ids.npy --input attention_mask=mask.npy \\\n      --input token_type_ids=types.npy --out outputs/"
     )]
     Run(RunArgs),
     /// Embed texts with a BERT-style encoder: tokenize, run, mean-pool the hidden states.
@@ -60,6 +63,118 @@ enum Command {
         after_help = "The delta names its task; --data holds rows of that task's kind (see `kilotune train --help`).\nPrinted: `accuracy` and `loss` for a classifier, `loss` (per predicted token) and `perplexity`\nfor a causal LM, `mse` for a regressor; --json prints one object with the same keys.\n\nLabels: string labels map to class ids in sorted order of the distinct labels in --data,\ninteger labels are the class ids: the rule `kilotune train` used. Give a file with every class.\n\nExample:\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta user.ktd --data test.jsonl --json"
     )]
     Eval(EvalArgs),
+    /// Merge a delta into its base model and write the merged model as ONNX.
+    #[command(
+        long_about = "Merge a delta into its base model and write the merged model as ONNX.\n\n\
+The delta's base fingerprint is checked against --model first. LoRA is folded into f32 weights\n\
+(W + alpha/r·BA) and BitFit into the biases and LayerNorm betas it trained. On an int8 model\n\
+(ONNX Runtime's quantize_dynamic) LoRA stays an exact f32 side path, written as plain MatMul/Mul/\n\
+Add nodes beside each int8 layer, unless --requantize folds it into the int8 weights (lossy: the\n\
+error is reported per layer). A classification head in the delta is added as an extra output\n\
+`logits` [batch, classes] (the pooling it was trained with: the mean over attention_mask or the\n\
+first token; then the head), or `task_logits` if the model already has a `logits` output; a\n\
+regression head as `predictions`. --no-head writes only the base's outputs.\n\n\
+The shipped file is rewritten, not regenerated: everything the merge does not change is kept.\n\
+The output is written atomically (temporary file, fsync, rename), then loaded again and run\n\
+beside the unmerged delta on a probe batch; the largest difference is printed.",
+        after_help = "Examples:\n  kilotune merge --model model.onnx --delta user.ktd --out merged.onnx\n  kilotune merge --model model.int8.onnx --delta user.ktd --out merged.int8.onnx --requantize --json"
+    )]
+    Merge(MergeArgs),
+    /// Inspect delta files, and export or import them as Hugging Face PEFT LoRA adapters.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  kilotune delta inspect user.ktd\n  kilotune delta export user.ktd --out adapter/ --without-head\n  kilotune delta import adapter/ --model model.onnx --out user.ktd"
+    )]
+    Delta(DeltaCommand),
+}
+
+#[derive(Args, Debug)]
+struct MergeArgs {
+    /// The base ONNX model the delta was trained on (external data is read from its folder).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// The delta (.ktd) to merge; it must have been made for --model.
+    #[arg(long, value_name = "FILE.ktd")]
+    delta: PathBuf,
+    /// Where to write the merged ONNX model; replaced atomically, and never the base itself.
+    #[arg(long, value_name = "FILE.onnx")]
+    out: PathBuf,
+    /// On an int8 model, fold LoRA into the int8 weights (dequantize, add, requantize with the
+    /// model's own per-tensor or per-channel scheme) instead of keeping the exact f32 side path.
+    #[arg(long)]
+    requantize: bool,
+    /// Do not add the delta's task head as an extra output (`logits` or `predictions`).
+    #[arg(long)]
+    no_head: bool,
+    /// Do not reload the written file to compare it with the unmerged delta on a probe batch.
+    #[arg(long)]
+    no_check: bool,
+    /// Worker threads for the check; 0 uses one per available core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeltaCommand {
+    /// Show a delta file: format version, base fingerprint, method, head, tensors, training.
+    #[command(after_help = "Example:\n  kilotune delta inspect user.ktd\n  kilotune delta inspect user.ktd --json | jq .tensors")]
+    Inspect(DeltaInspectArgs),
+    /// Write a LoRA delta as a PEFT adapter folder: adapter_model.safetensors + adapter_config.json.
+    #[command(
+        after_help = "Only LoRA deltas can be exported; other methods are refused. A delta trained with a\nclassification head needs --without-head (PEFT's adapter files do not hold it).\n\nExample:\n  kilotune delta export user.ktd --out adapter/ --strip-prefix m. --without-head"
+    )]
+    Export(DeltaExportArgs),
+    /// Read a PEFT LoRA adapter folder as a delta bound to a base model.
+    #[command(
+        after_help = "Each adapted module must match exactly one Linear layer of --model (PEFT's suffix rule);\nPEFT features kilotune cannot compute (DoRA, rsLoRA, LoRA biases, ...) are refused.\n\nExample:\n  kilotune delta import adapter/ --model model.onnx --out user.ktd --precision f16"
+    )]
+    Import(DeltaImportArgs),
+}
+
+#[derive(Args, Debug)]
+struct DeltaInspectArgs {
+    /// The delta file (.ktd).
+    #[arg(value_name = "FILE.ktd")]
+    file: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DeltaExportArgs {
+    /// The delta file (.ktd); LoRA only.
+    #[arg(value_name = "FILE.ktd")]
+    file: PathBuf,
+    /// The adapter folder to write (created if missing; its two files are replaced atomically).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A prefix to remove from module names, e.g. `m.` when the ONNX export wrapped the
+    /// PyTorch model in a module called `m`, so names match the PyTorch model's.
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    strip_prefix: String,
+    /// Drop the delta's task head and export only its LoRA tensors.
+    #[arg(long)]
+    without_head: bool,
+}
+
+#[derive(Args, Debug)]
+struct DeltaImportArgs {
+    /// The PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// The base ONNX model the adapter was trained for; the delta is bound to its fingerprint.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Where to save the delta (.ktd), atomically.
+    #[arg(long, value_name = "FILE.ktd")]
+    out: PathBuf,
+    /// Precision of the saved delta.
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
+    precision: PrecisionChoice,
 }
 
 /// The model flags of `train` and `eval`, which take the model as `--model`.
@@ -285,6 +400,9 @@ struct RunArgs {
     /// Folder for the outputs (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Run with a user's delta (.ktd) made for this model (LoRA side paths, bias deltas).
+    #[arg(long, value_name = "FILE.ktd")]
+    delta: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -324,6 +442,10 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::embed(&a, &mut out),
         Command::Train(a) => train::train(&a, &mut out),
         Command::Eval(a) => eval::eval(&a, &mut out),
+        Command::Merge(a) => merge::merge(&a, &mut out),
+        Command::Delta(DeltaCommand::Inspect(a)) => delta::inspect(&a, &mut out),
+        Command::Delta(DeltaCommand::Export(a)) => delta::export(&a, &mut out),
+        Command::Delta(DeltaCommand::Import(a)) => delta::import(&a, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(CliError::Stdout));
     match result {

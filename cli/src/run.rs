@@ -42,7 +42,14 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         feeds.push((name.as_str(), t));
     }
 
-    let session = Session::new(base, args.model.session_config())?;
+    let session = match &args.delta {
+        Some(path) => {
+            let user = kilotune::delta::load(path, Some(&base.fingerprint()), &Default::default())
+                .map_err(kilotune::Error::from)?;
+            Session::with_delta(base, &user, args.model.session_config())?
+        }
+        None => Session::new(base, args.model.session_config())?,
+    };
     let t_run = Instant::now();
     let outputs = session.run(&feeds)?;
     let run_time = t_run.elapsed();

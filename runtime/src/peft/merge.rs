@@ -32,7 +32,7 @@ use crate::kernels::quantize::quantize_weight_per_channel;
 use crate::ops::{Linear, LinearWeight, LoraPatch, Op};
 use crate::peft::apply::{apply_delta, check_base, HEAD_PREFIX};
 
-pub use to_onnx::{merge_onnx, MergedOnnx, HEAD_OUTPUT};
+pub use to_onnx::{merge_onnx, MergedOnnx, HEAD_OUTPUT, REGRESSION_OUTPUT};
 
 /// Why a delta could not be merged or unmerged.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +76,9 @@ pub struct MergeOptions {
     /// base's scheme) instead of keeping the exact f32 side path. Lossy: see [`MergeReport`].
     /// Off by default.
     pub requantize_int8: bool,
-    /// When writing ONNX ([`merge_onnx`]): add the delta's classification head as an extra
-    /// output ([`HEAD_OUTPUT`]). On by default; ignored by the in-memory merge.
+    /// When writing ONNX ([`merge_onnx`]): add the delta's classification or regression head as
+    /// an extra output ([`HEAD_OUTPUT`], [`REGRESSION_OUTPUT`]). On by default; ignored by the
+    /// in-memory merge.
     pub write_head: bool,
 }
 

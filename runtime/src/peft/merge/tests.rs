@@ -347,21 +347,32 @@ fn written_merged_models_reload_with_the_merged_weights_and_outputs() {
 }
 
 #[test]
-fn a_classification_head_becomes_an_extra_output() {
-    for (model, want) in [(BERT[0], "logits"), (LLAMA[1], "task_logits")] {
+fn a_task_head_becomes_an_extra_output() {
+    let mean3 = TaskHead::Classification { classes: 3, pooling: Pooling::Mean };
+    let cases = [
+        (BERT[0], mean3.clone(), "logits"),
+        (LLAMA[1], mean3, "task_logits"),
+        (BERT[1], TaskHead::Classification { classes: 2, pooling: Pooling::Cls }, "logits"),
+        (LLAMA[0], TaskHead::Regression { outputs: 1 }, "predictions"),
+    ];
+    for (model, task, want) in cases {
         let base = load(model, WeightFormat::AsShipped);
         let mut d = lora_delta(&base, 0.1);
         let hidden = base.linears().last().unwrap().n;
-        let classes = 3;
-        d.head = Some(TaskHead::Classification { classes: classes as u32, pooling: Pooling::Mean });
+        let (classes, cls) = match task {
+            TaskHead::Classification { classes, pooling } => (classes as usize, pooling == Pooling::Cls),
+            TaskHead::Regression { outputs } => (outputs as usize, false),
+            TaskHead::CausalLm => unreachable!(),
+        };
+        d.head = Some(task);
         let (w, b) = (random(classes * hidden, 7, 0.5), random(classes, 8, 0.5));
         d.tensors.push(NamedTensor::f32("head.weight", &[classes as u32, hidden as u32], w.clone()));
         d.tensors.push(NamedTensor::f32("head.bias", &[classes as u32], b.clone()));
         let (base, out, reloaded) = merged_onnx(model, &d, &MergeOptions::default());
         assert_eq!(out.head_output.as_deref(), Some(want));
         assert_eq!(reloaded.output_names().last().copied(), Some(want));
-        // Expected: the unmerged session's first output, mean-pooled over the mask (in f64),
-        // through the head.
+        // Expected: the unmerged session's first output, pooled (mean over the mask in f64, or
+        // the first position), through the head.
         let feeds = inputs(model);
         let first = with_delta(&base, &d).run(&feeds).unwrap().0.remove(0).1;
         let (batch, seq) = (first.shape()[0], first.shape()[1]);
@@ -376,7 +387,11 @@ fn a_classification_head_becomes_an_extra_output() {
             for c in 0..classes {
                 let mut z = f64::from(b[c]);
                 for j in 0..hidden {
-                    let pooled: f64 = (0..seq).map(|s| f64::from(mask[bi * seq + s]) * f64::from(h[(bi * seq + s) * hidden + j])).sum::<f64>() / count;
+                    let pooled: f64 = if cls {
+                        f64::from(h[bi * seq * hidden + j])
+                    } else {
+                        (0..seq).map(|s| f64::from(mask[bi * seq + s]) * f64::from(h[(bi * seq + s) * hidden + j])).sum::<f64>() / count
+                    };
                     z += pooled * f64::from(w[c * hidden + j]);
                 }
                 let diff = (z - f64::from(logits[bi * classes + c])).abs();

@@ -17,8 +17,9 @@
 //! - a bias a layer did not have (BitFit on a bias-free model): an `Add` after the layer;
 //! - an int8 layer's LoRA side path: `MatMul(x, Aᵀ)` → `Mul(alpha/r)` → `MatMul(·, Bᵀ)` added to
 //!   the layer's output, exactly what a session computes;
-//! - a classification head ([`HEAD_OUTPUT`]): mean pooling over `attention_mask` and the linear
-//!   layer, as `MatMul` + `Add` rather than `Gemm`, so kilotune reloads the file too.
+//! - a task head ([`HEAD_OUTPUT`], [`REGRESSION_OUTPUT`]): the pooling (mean over
+//!   `attention_mask`, or the first token) and the linear layer, as `MatMul` + `Add` rather
+//!   than `Gemm`, so kilotune reloads the file too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -34,9 +35,12 @@ use crate::ops::{Linear, LinearWeight, LoraPatch, Op};
 use crate::peft::apply::{check_base, HEAD_PREFIX};
 use crate::peft::{PeftMethod, Pooling, TaskHead};
 
-/// The name of the classification head's output in a merged file (`task_logits` when the model
+/// The name of a classification head's output in a merged file (`task_logits` when the model
 /// already has an output called `logits`).
 pub const HEAD_OUTPUT: &str = "logits";
+
+/// The name of a regression head's output in a merged file (`task_predictions` when taken).
+pub const REGRESSION_OUTPUT: &str = "predictions";
 
 /// ONNX `DataType` codes written here.
 const FLOAT: i32 = 1;
@@ -50,7 +54,7 @@ pub struct MergedOnnx {
     pub bytes: Vec<u8>,
     /// What the merge did (and, for requantized int8 layers, the error it introduced).
     pub report: MergeReport,
-    /// The head's output, when the delta's classification head was written.
+    /// The head's output, when the delta's task head was written.
     pub head_output: Option<String>,
     /// Whether the file still refers to external data files: it only loads beside them.
     pub external_data: bool,
@@ -401,12 +405,13 @@ impl<'m> Writer<'m> {
         Ok(())
     }
 
-    /// Adds the classification head as an extra output; returns its name.
+    /// Adds the delta's pooled head (classification or regression) as an extra output; returns
+    /// its name. A causal LM's head is the base's own, so nothing is added for it.
     fn write_head(&mut self, delta: &Delta) -> Result<Option<String>> {
-        let classes = match &delta.head {
+        let (classes, pooling, name) = match &delta.head {
             None | Some(TaskHead::CausalLm) => return Ok(None),
-            Some(TaskHead::Classification { classes, pooling: Pooling::Mean }) => *classes as usize,
-            Some(other) => return Err(MergeError::Head(format!("{other:?} cannot be written into the graph yet")).into()),
+            Some(TaskHead::Classification { classes, pooling }) => (*classes as usize, *pooling, HEAD_OUTPUT),
+            Some(TaskHead::Regression { outputs }) => (*outputs as usize, crate::train::head::REGRESSION_POOLING, REGRESSION_OUTPUT),
         };
         let head = |what: &str| {
             let t = delta.tensor(&format!("{HEAD_PREFIX}{what}")).ok_or_else(|| MergeError::Head(format!("the delta has no `{HEAD_PREFIX}{what}`")))?;
@@ -423,27 +428,50 @@ impl<'m> Writer<'m> {
         if opset < 13 {
             return Err(MergeError::Head(format!("opset {opset}: the head needs opset 13 or later")).into());
         }
-        let mask = g.input.iter().find(|i| i.name == "attention_mask").ok_or_else(|| MergeError::Head("the model has no `attention_mask` input to pool with".into()))?;
         let hidden_out = g.output.first().ok_or_else(|| MergeError::Head("the model has no output".into()))?.name.clone();
-        let out = if self.names.contains(HEAD_OUTPUT) { self.fresh("task_logits") } else { self.fresh(HEAD_OUTPUT) };
-        let batch = mask.dims.first().cloned().unwrap_or(DimProto::Unknown);
-
-        // pooled = mean_s(hidden · m) / max(mean_s(m), 1e-9) = Σ m·h / Σ m, the trainer's pooling
-        // (it clamps the count at 1e-9 instead; both give 0 for an all-padding row).
+        let batch = g.input.first().and_then(|i| i.dims.first().cloned()).unwrap_or(DimProto::Unknown);
+        let out = if self.names.contains(name) { self.fresh(&format!("task_{name}")) } else { self.fresh(name) };
         let v = |w: &mut Self, s: &str| w.fresh(&format!("head/{s}"));
-        let (mask_f, mask3, masked, sum_mean, cnt_mean, denom, pooled, z) =
-            (v(self, "mask_f"), v(self, "mask3"), v(self, "masked"), v(self, "sum_mean"), v(self, "count_mean"), v(self, "denominator"), v(self, "pooled"), v(self, "matmul"));
+        let pooled = v(self, "pooled");
+        let mut nodes = match pooling {
+            Pooling::Mean => self.mean_pool(&hidden_out, &pooled, opset)?,
+            // The first position of every row, whatever the mask says, as the trainer pools.
+            Pooling::Cls => {
+                let zero = self.add_init("head/first", i64_tensor(vec![], &[0]));
+                let mut gather = node(self.fresh("head/Gather"), "Gather", &[&hidden_out, &zero], &pooled);
+                gather.attribute.push(int_attr("axis", 1));
+                vec![gather]
+            }
+        };
+        let z = v(self, "matmul");
+        let wt = self.add_init("head.weight.T", f32_tensor(vec![hidden as i64, classes as i64], &transpose(&weight, classes, hidden)));
+        let b = self.add_init("head.bias", f32_tensor(vec![classes as i64], &bias));
+        nodes.push(node(self.fresh("head/MatMul"), "MatMul", &[&pooled, &wt], &z));
+        nodes.push(node(self.fresh("head/Add"), "Add", &[&z, &b], &out));
+        self.edit.append_nodes.extend(nodes);
+        self.edit.add_outputs.push(ValueInfoProto { name: out.clone(), elem_type: FLOAT, dims: vec![batch, DimProto::Value(classes as i64)] });
+        Ok(Some(out))
+    }
+
+    /// Nodes writing `pooled` = mean_s(hidden · m) / max(mean_s(m), 1e-9) = Σ m·h / Σ m, the
+    /// trainer's mean pooling (it clamps the count at 1e-9 instead; both give 0 for an
+    /// all-padding row).
+    fn mean_pool(&mut self, hidden_out: &str, pooled: &str, opset: i64) -> Result<Vec<NodeProto>> {
+        if !self.model.graph.input.iter().any(|i| i.name == "attention_mask") {
+            return Err(MergeError::Head("the model has no `attention_mask` input to pool with".into()).into());
+        }
+        let v = |w: &mut Self, s: &str| w.fresh(&format!("head/{s}"));
+        let (mask_f, mask3, masked, sum_mean, cnt_mean, denom) =
+            (v(self, "mask_f"), v(self, "mask3"), v(self, "masked"), v(self, "sum_mean"), v(self, "count_mean"), v(self, "denominator"));
         let minus_one = self.add_init("head/axis_last", i64_tensor(vec![1], &[-1]));
         let seq_axis = self.add_init("head/axis_seq", i64_tensor(vec![1], &[1]));
         let eps = self.add_init("head/eps", f32_tensor(vec![], &[1e-9]));
-        let wt = self.add_init("head.weight.T", f32_tensor(vec![hidden as i64, classes as i64], &transpose(&weight, classes, hidden)));
-        let b = self.add_init("head.bias", f32_tensor(vec![classes as i64], &bias));
         let mut nodes = Vec::new();
         let mut cast = node(self.fresh("head/Cast"), "Cast", &["attention_mask"], &mask_f);
         cast.attribute.push(int_attr("to", i64::from(FLOAT)));
         nodes.push(cast);
         nodes.push(node(self.fresh("head/Unsqueeze"), "Unsqueeze", &[&mask_f, &minus_one], &mask3));
-        nodes.push(node(self.fresh("head/Mul"), "Mul", &[&hidden_out, &mask3], &masked));
+        nodes.push(node(self.fresh("head/Mul"), "Mul", &[hidden_out, &mask3], &masked));
         // ReduceMean takes its axes as an input from opset 18, as an attribute before.
         for (x, y, keep) in [(&masked, &sum_mean, 0), (&mask_f, &cnt_mean, 1)] {
             let name = self.fresh("head/ReduceMean");
@@ -455,11 +483,7 @@ impl<'m> Writer<'m> {
             nodes.push(r);
         }
         nodes.push(node(self.fresh("head/Max"), "Max", &[&cnt_mean, &eps], &denom));
-        nodes.push(node(self.fresh("head/Div"), "Div", &[&sum_mean, &denom], &pooled));
-        nodes.push(node(self.fresh("head/MatMul"), "MatMul", &[&pooled, &wt], &z));
-        nodes.push(node(self.fresh("head/Add"), "Add", &[&z, &b], &out));
-        self.edit.append_nodes.extend(nodes);
-        self.edit.add_outputs.push(ValueInfoProto { name: out.clone(), elem_type: FLOAT, dims: vec![batch, DimProto::Value(classes as i64)] });
-        Ok(Some(out))
+        nodes.push(node(self.fresh("head/Div"), "Div", &[&sum_mean, &denom], pooled));
+        Ok(nodes)
     }
 }
