@@ -8,11 +8,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kilotune::delta::{self, LoadLimits};
+use kilotune::delta::{self, DeltaError, LoadLimits};
 use kilotune::graph::Dim;
 use kilotune::ops::Op;
 use kilotune::peft::merge::{merge_onnx, LayerAction, MergeOptions, MergeReport};
-use kilotune::{Base, DType, LoadOptions, Session, SessionConfig, Tensor};
+use kilotune::{Base, DType, LoadOptions, Session, SessionConfig, Tensor, WeightFormat};
 use serde::Serialize;
 
 use crate::error::{CliError, Result};
@@ -80,12 +80,17 @@ pub fn merge(args: &MergeArgs, out: &mut dyn Write) -> Result<()> {
         source,
     })?;
     let base = Base::load(&args.model, LoadOptions::default())?;
-    let user = delta::load(
+    let user = match delta::load(
         &args.delta,
         Some(&base.fingerprint()),
         &LoadLimits::default(),
-    )
-    .map_err(kilotune::Error::from)?;
+    ) {
+        Ok(d) => d,
+        Err(e @ DeltaError::WrongBase { .. }) => {
+            return Err(wrong_base(&args.model, &args.delta, e))
+        }
+        Err(e) => return Err(kilotune::Error::from(e).into()),
+    };
     let options = MergeOptions {
         requantize_int8: args.requantize,
         write_head: !args.no_head,
@@ -115,6 +120,27 @@ pub fn merge(args: &MergeArgs, out: &mut dyn Write) -> Result<()> {
         writeln!(out).map_err(CliError::Stdout)
     } else {
         render(&report, out).map_err(CliError::Stdout)
+    }
+}
+
+/// A delta trained with `--int8` on an f32 model is bound to the model quantized at load, not to
+/// the weights the file ships; say so rather than only that the fingerprints differ.
+fn wrong_base(model: &Path, delta_path: &Path, e: DeltaError) -> CliError {
+    let int8 = LoadOptions {
+        weights: WeightFormat::Int8,
+        ..LoadOptions::default()
+    };
+    let trained_int8 = Base::load(model, int8)
+        .ok()
+        .zip(delta::load(delta_path, None, &LoadLimits::default()).ok());
+    match trained_int8 {
+        Some((b, d)) if b.fingerprint() == d.base_fingerprint => CliError::Usage(format!(
+            "{} was trained on {} quantized at load (--int8); merge writes the weights the file \
+             ships, so it cannot merge that delta (run it with `kilotune run --int8 --delta`)",
+            delta_path.display(),
+            model.display()
+        )),
+        _ => kilotune::Error::from(e).into(),
     }
 }
 

@@ -167,6 +167,13 @@ fn merge_refuses_a_foreign_delta_and_the_base_as_output() {
     assert_fails_with(&o, "delta belongs to base");
     assert!(!out.exists(), "nothing may be written for a foreign delta");
 
+    // A delta trained on the model quantized at load (`train --int8`) gets its own message.
+    let int8 = Base::load(tiny_bert(), LoadOptions { weights: kilotune::WeightFormat::Int8, ..Default::default() }).unwrap();
+    let ktd8 = save(&lora_delta(&int8, false), dir.path(), "int8.ktd");
+    let o = kilotune(&["merge", "--model", &tiny_bert().display().to_string(), "--delta", &ktd8.display().to_string(), "--out", &out.display().to_string()]);
+    assert_fails_with(&o, "quantized at load (--int8)");
+    assert!(!out.exists());
+
     let good = save(&lora_delta(&base(), false), dir.path(), "user.ktd");
     let copy = dir.path().join("model.onnx");
     std::fs::copy(tiny_bert(), &copy).unwrap();
