@@ -319,6 +319,11 @@ struct TrainArgs {
     /// Seed for initialization and the per-epoch shuffle.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Cap the activations a step keeps for its backward pass, in MiB. Over the cap, steps
+    /// recompute each block's activations during the backward pass (checkpointing): about a
+    /// third more compute, the same result. Default: no cap (fastest).
+    #[arg(long, value_name = "MIB")]
+    memory_budget: Option<usize>,
     /// Precision of the saved delta.
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     precision: PrecisionChoice,

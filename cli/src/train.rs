@@ -123,6 +123,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
             },
             ..OptimizerConfig::default()
         },
+        memory_budget: args.memory_budget.map(|mib| mib.saturating_mul(1 << 20)),
     };
     let head = match (&classes, args.task) {
         (Some(c), _) => TaskHead::Classification {

@@ -141,6 +141,19 @@ impl Session {
         self.pool.install(|| self.plan.execute_keep(&self.graph, feeds))
     }
 
+    /// Runs the model keeping only the intermediates marked in `saved` (see
+    /// [`crate::train::saved::saved_values`]) and the outputs, for a leaner backward pass.
+    pub fn run_saving(&self, inputs: &[(&str, Tensor)], saved: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let feeds = self.check_inputs(inputs)?;
+        self.pool.install(|| self.plan.execute_saving(&self.graph, feeds, saved))
+    }
+
+    /// Evaluates `nodes` of this session's graph on `slots`, keeping what `saved` marks (see
+    /// [`crate::backend::cpu::Plan::execute_range`]).
+    pub(crate) fn run_range(&self, slots: &mut [Option<Tensor>], nodes: std::ops::Range<usize>, saved: &[bool]) -> Result<()> {
+        self.pool.install(|| self.plan.execute_range(&self.graph, slots, nodes, saved))
+    }
+
     /// Runs `f` on this session's thread pool.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

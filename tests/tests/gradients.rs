@@ -73,12 +73,12 @@ fn check(file: &str) {
     let loss_of = |tweak: Option<(&str, usize, f32)>| -> f64 {
         let s = Session::with_delta(base.clone(), &delta(&base, tweak), SessionConfig { threads: 1 }).unwrap();
         let t = trainables(s.graph());
-        f64::from(step(&s, &feed, &labels, &head, &t).unwrap().loss)
+        f64::from(step(&s, &feed, &labels, &head, &t, None).unwrap().loss)
     };
     let s = Session::with_delta(base.clone(), &delta(&base, None), SessionConfig { threads: 1 }).unwrap();
     let g = s.graph();
     let t = trainables(g);
-    let r = step(&s, &feed, &labels, &head, &t).unwrap();
+    let r = step(&s, &feed, &labels, &head, &t, None).unwrap();
     assert!(r.loss.is_finite() && r.loss > 0.0);
     let node_of = |module: &str| g.nodes.iter().position(|n| matches!(&n.op, Op::Linear(l) if l.module == module)).unwrap();
     // (tensor name, index, analytic value)

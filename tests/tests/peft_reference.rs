@@ -167,7 +167,7 @@ fn lora_run(weights: WeightFormat) -> (StepResult, f64, f64) {
     }
     assert_eq!(t.lora.len(), 12, "query and value of 6 layers");
     let (inputs, labels, head) = batch();
-    let r = step(&s, &inputs, &labels, &head, &t).unwrap();
+    let r = step(&s, &inputs, &labels, &head, &t, None).unwrap();
     let want = reference_grads("lora_grads.safetensors");
     let (mut worst, mut worst_cos) = (0f64, 1f64);
     for &i in &t.lora {
@@ -241,7 +241,7 @@ fn bitfit_loss_and_gradients_match_pytorch() {
         }
     }
     let (inputs, labels, head) = batch();
-    let r = step(&s, &inputs, &labels, &head, &t).unwrap();
+    let r = step(&s, &inputs, &labels, &head, &t, None).unwrap();
     let mut worst = 0f64;
     let mut checked = 0;
     for (&i, got) in &r.grads.linear_bias {

@@ -102,7 +102,7 @@ fn causal_lm_check(file: &str) {
     let s = session(None);
     let t = lora_trainables(s.graph());
     assert_eq!(t.lora.len(), 4, "q_proj and v_proj of 2 layers");
-    let r = causal_lm::step(&s, &feed, &t).unwrap();
+    let r = causal_lm::step(&s, &feed, &t, None).unwrap();
     // 3 rows of 11 tokens, the last row left-padded by 3: 10 + 10 + 7 predicted positions.
     assert_eq!(r.count, 27);
     assert!(r.loss.is_finite() && r.loss > 0.0);
@@ -120,7 +120,7 @@ fn causal_lm_check(file: &str) {
     // Rotary, a padded position counted) is off by O(1) relative.
     check_cases(file, &cases, 1e-2, 2e-3, 1e-6, 3e-4, |tweak| {
         let s = session(tweak);
-        let r = causal_lm::step(&s, &feed, &lora_trainables(s.graph())).unwrap();
+        let r = causal_lm::step(&s, &feed, &lora_trainables(s.graph()), None).unwrap();
         let ids = feed[0].1.to_i64_vec("ids").unwrap();
         let mask = feed[1].1.to_f32_vec();
         let (nll, n) = kilotune::train::backward::next_token_nll(&r.outputs, &ids, &mask, 3);
@@ -144,7 +144,7 @@ fn causal_lm_ignores_what_sits_under_the_padding() {
     let s = Session::with_delta(base.clone(), &lora_delta(&base, &["q_proj", "v_proj"], None), SessionConfig { threads: 1 }).unwrap();
     let t = lora_trainables(s.graph());
     let feed = inputs("tiny-llama", &["input_ids", "attention_mask"]);
-    let a = causal_lm::step(&s, &feed, &t).unwrap();
+    let a = causal_lm::step(&s, &feed, &t, None).unwrap();
     // Other tokens under the last row's three left pads: attention gives them probability
     // exactly 0 and the loss skips them, so loss and gradients keep every bit.
     let mut ids = feed[0].1.to_i64_vec("ids").unwrap();
@@ -158,7 +158,7 @@ fn causal_lm_ignores_what_sits_under_the_padding() {
     }
     assert_eq!(changed, 3);
     let other = vec![("input_ids", Tensor::new(&[3, 11], ids).unwrap()), ("attention_mask", feed[1].1.clone())];
-    let b = causal_lm::step(&s, &other, &t).unwrap();
+    let b = causal_lm::step(&s, &other, &t, None).unwrap();
     assert_eq!(a.loss.to_bits(), b.loss.to_bits());
     assert_eq!(a.count, b.count);
     for (node, (da, db)) in &a.grads.lora {
@@ -209,7 +209,7 @@ fn regression_check(file: &str, pooling: Pooling) {
     let feed = bert_inputs();
     let targets = noise(3 * 2, 11, 1.0);
     pooled_check(file, pooling, 2, |s, head, t| {
-        let r = regress::step(s, &feed, &targets, head, t).unwrap();
+        let r = regress::step(s, &feed, &targets, head, t, None).unwrap();
         assert_eq!((r.outputs.len(), r.count), (6, 6), "3 rows × 2 outputs");
         r
     });
@@ -231,7 +231,7 @@ fn regression_gradients_match_finite_differences_cls_pooling() {
 fn cls_classification_gradients_match_finite_differences() {
     let feed = bert_inputs();
     for file in ["tiny-bert.dynamo.onnx", "tiny-bert.legacy.onnx"] {
-        pooled_check(file, Pooling::Cls, 3, |s, head, t| classify::step(s, &feed, &[2, 0, 1], head, t).unwrap());
+        pooled_check(file, Pooling::Cls, 3, |s, head, t| classify::step(s, &feed, &[2, 0, 1], head, t, None).unwrap());
     }
 }
 

@@ -53,7 +53,7 @@ impl TrainerState {
     /// A trainer over `base` configured by `settings`.
     pub fn new(base: Arc<Base>, settings: &Settings) -> Result<TrainerState, Failure> {
         let (method, head) = (settings.method()?, settings.head()?);
-        let config = TrainConfig { seed: settings.seed, threads: settings.threads as usize, optimizer: settings.optimizer()? };
+        let config = TrainConfig { seed: settings.seed, threads: settings.threads as usize, optimizer: settings.optimizer()?, ..TrainConfig::default() };
         let trainer = Trainer::new(base.clone(), method, head, config)?;
         Ok(TrainerState { trainer, base, classes: settings.classes })
     }

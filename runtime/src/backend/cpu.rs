@@ -5,6 +5,14 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
 use crate::tensor::Tensor;
 
+/// Which values a walk keeps past their last reader (graph outputs are never freed).
+#[derive(Clone, Copy)]
+enum Keep<'a> {
+    All,
+    Outputs,
+    Marked(&'a [bool]),
+}
+
 /// The per-graph execution plan: which values die after each node.
 #[derive(Debug)]
 pub struct Plan {
@@ -39,12 +47,21 @@ impl Plan {
     /// Runs the graph and keeps every value (for a backward pass): the returned slots hold the
     /// feeds and every computed value; constants stay in the graph.
     pub fn execute_keep(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>) -> Result<Vec<Option<Tensor>>> {
-        self.walk(g, feeds, None, true)
+        self.walk(g, feeds, None, Keep::All)
+    }
+
+    /// Runs the graph and keeps the values marked in `saved` (and the outputs), freeing every
+    /// other one after its last reader, as [`Plan::execute`] does.
+    pub fn execute_saving(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, saved: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        if saved.len() != g.values.len() {
+            return Err(Error::Config(format!("{} saved flags for {} values", saved.len(), g.values.len())));
+        }
+        self.walk(g, feeds, None, Keep::Marked(saved))
     }
 
     /// [`Plan::execute`], adding each node's wall time to `times[node index]` when given.
     pub fn execute_timed(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, times: Option<&mut [std::time::Duration]>) -> Result<Vec<Tensor>> {
-        let mut slots = self.walk(g, feeds, times, false)?;
+        let mut slots = self.walk(g, feeds, times, Keep::Outputs)?;
         g.outputs
             .iter()
             .map(|&o| {
@@ -55,13 +72,30 @@ impl Plan {
             .collect()
     }
 
-    /// Evaluates every node in order; frees each value after its last reader unless `keep`.
-    fn walk(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, mut times: Option<&mut [std::time::Duration]>, keep: bool) -> Result<Vec<Option<Tensor>>> {
+    /// Evaluates the nodes in `nodes` on `slots` (which hold every value they read that is not a
+    /// constant), keeping the values marked in `saved` and freeing the others after their last
+    /// reader: a checkpointed step recomputes one piece of the graph this way.
+    pub fn execute_range(&self, g: &Graph, slots: &mut [Option<Tensor>], nodes: std::ops::Range<usize>, saved: &[bool]) -> Result<()> {
+        if saved.len() != g.values.len() || slots.len() != g.values.len() || nodes.end > g.nodes.len() {
+            return Err(Error::Config("execute_range: slots, flags or range do not fit the graph".into()));
+        }
+        self.walk_on(g, slots, nodes, None, Keep::Marked(saved))
+    }
+
+    /// Evaluates every node in order; frees each value after its last reader unless `keep`
+    /// holds on to it.
+    fn walk(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>, times: Option<&mut [std::time::Duration]>, keep: Keep<'_>) -> Result<Vec<Option<Tensor>>> {
         let mut slots: Vec<Option<Tensor>> = vec![None; g.values.len()];
         for (v, t) in feeds {
             slots[v] = Some(t);
         }
-        for (i, node) in g.nodes.iter().enumerate() {
+        self.walk_on(g, &mut slots, 0..g.nodes.len(), times, keep)?;
+        Ok(slots)
+    }
+
+    fn walk_on(&self, g: &Graph, slots: &mut [Option<Tensor>], nodes: std::ops::Range<usize>, mut times: Option<&mut [std::time::Duration]>, keep: Keep<'_>) -> Result<()> {
+        for i in nodes {
+            let node = &g.nodes[i];
             let start = times.is_some().then(std::time::Instant::now);
             let outs = {
                 let inputs: Vec<Option<&Tensor>> = node
@@ -74,15 +108,18 @@ impl Plan {
             for (&v, t) in node.outputs.iter().zip(outs) {
                 slots[v] = Some(t);
             }
-            if !keep {
-                for &v in &self.free_after[i] {
-                    slots[v] = None;
+            for &v in &self.free_after[i] {
+                match keep {
+                    Keep::All => {}
+                    Keep::Outputs => slots[v] = None,
+                    Keep::Marked(saved) if !saved[v] => slots[v] = None,
+                    Keep::Marked(_) => {}
                 }
             }
             if let (Some(t), Some(start)) = (times.as_deref_mut(), start) {
                 t[i] += start.elapsed();
             }
         }
-        Ok(slots)
+        Ok(())
     }
 }

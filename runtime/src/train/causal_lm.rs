@@ -5,7 +5,7 @@
 
 use super::backward::next_token_cross_entropy;
 use super::head::{batch_rows, find_mask, StepResult};
-use super::tape::{backward, Trainables};
+use super::tape::Trainables;
 use crate::error::{Error, Result};
 use crate::session::Session;
 use crate::tensor::Tensor;
@@ -40,16 +40,17 @@ pub(crate) fn check_logits(logits: &Tensor, ids: &[i64], rows: usize) -> Result<
 /// Loss and gradients for a batch of token sequences: `inputs` are the model's named inputs,
 /// `input_ids` among them and `attention_mask` where the model takes one (left or right
 /// padding both work). The loss is the mean next-token cross-entropy over counted positions.
-pub fn step(session: &Session, inputs: &[(&str, Tensor)], trainables: &Trainables) -> Result<StepResult> {
+pub fn step(session: &Session, inputs: &[(&str, Tensor)], trainables: &Trainables, checkpoint: Option<&super::checkpoint::Pieces>) -> Result<StepResult> {
     let g = session.graph();
     let (ids, mask, rows) = ids_and_mask(inputs)?;
-    let slots = session.run_keep(inputs)?;
     let out = *g.outputs.first().ok_or_else(|| Error::InvalidModel("no output".into()))?;
-    let logits_t = slots[out].as_ref().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
-    check_logits(logits_t, &ids, rows)?;
-    let logits = logits_t.typed::<f32>("logits")?;
-    let (loss, dlogits, count) = next_token_cross_entropy(logits, &ids, &mask, rows)
-        .ok_or_else(|| Error::BadInput { name: "attention_mask".into(), reason: "no row has two consecutive tokens: nothing to predict".into() })?;
-    let grads = session.install(|| backward(g, &slots, (out, dlogits), trainables))?;
-    Ok(StepResult { loss, outputs: logits.to_vec(), count, grads, head_weight: Vec::new(), head_bias: Vec::new() })
+    let (grads, (loss, outputs, count), usage) = super::checkpoint::forward_backward(session, inputs, trainables, checkpoint, |slots| {
+        let logits_t = slots[out].as_ref().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
+        check_logits(logits_t, &ids, rows)?;
+        let logits = logits_t.typed::<f32>("logits")?;
+        let (loss, dlogits, count) = next_token_cross_entropy(logits, &ids, &mask, rows)
+            .ok_or_else(|| Error::BadInput { name: "attention_mask".into(), reason: "no row has two consecutive tokens: nothing to predict".into() })?;
+        Ok(super::checkpoint::LossSeed { seed: vec![(out, dlogits)], extra: (loss, logits.to_vec(), count) })
+    })?;
+    Ok(StepResult { loss, outputs, count, grads, head_weight: Vec::new(), head_bias: Vec::new(), usage })
 }

@@ -11,13 +11,14 @@ use crate::tensor::Tensor;
 
 /// Loss and gradients for a batch. `inputs` are the model's named inputs (`[batch, seq]`; mean
 /// pooling needs `attention_mask` among them), `labels` one class per row, each below
-/// `head.outputs`.
-pub fn step(session: &Session, inputs: &[(&str, Tensor)], labels: &[usize], head: &PooledHead, trainables: &Trainables) -> Result<StepResult> {
+/// `head.outputs`. With `checkpoint`, activations are recomputed piece by piece
+/// ([`super::checkpoint`]).
+pub fn step(session: &Session, inputs: &[(&str, Tensor)], labels: &[usize], head: &PooledHead, trainables: &Trainables, checkpoint: Option<&super::checkpoint::Pieces>) -> Result<StepResult> {
     let rows = batch_rows(inputs)?;
     if labels.len() != rows || labels.iter().any(|&l| l >= head.outputs) {
         return Err(Error::BadInput { name: "labels".into(), reason: format!("{} labels for {rows} rows, each must be < {} classes", labels.len(), head.outputs) });
     }
-    pooled_step(session, inputs, head, trainables, |logits| {
+    pooled_step(session, inputs, head, trainables, checkpoint, |logits| {
         let (loss, dlogits) = cross_entropy(logits, labels);
         (loss, dlogits, labels.len())
     })

@@ -3,7 +3,8 @@
 //! apply the head, take the task's loss, and send the gradient back through the base.
 
 use super::backward::{cls_pool, cls_pool_backward, mean_pool, mean_pool_backward};
-use super::tape::{backward, Grads, Trainables};
+use super::checkpoint::{forward_backward, LossSeed, Usage};
+use super::tape::{Grads, Trainables};
 use crate::error::{Error, Result};
 use crate::peft::Pooling;
 use crate::session::Session;
@@ -149,31 +150,41 @@ pub struct StepResult {
     pub head_weight: Vec<f32>,
     /// d loss / d head bias, `[outputs]`; empty without a head.
     pub head_bias: Vec<f32>,
+    /// The step's activation memory.
+    pub usage: Usage,
 }
 
 /// Runs `inputs` keeping activations, applies `head`, takes `loss` of its outputs (which
 /// returns the loss, d loss / d outputs and the count it averages over), and differentiates
 /// back through the head, the pooling and the base.
-pub(crate) fn pooled_step(session: &Session, inputs: &[(&str, Tensor)], head: &PooledHead, trainables: &Trainables, loss: impl FnOnce(&[f32]) -> (f32, Vec<f32>, usize)) -> Result<StepResult> {
+pub(crate) fn pooled_step(
+    session: &Session,
+    inputs: &[(&str, Tensor)],
+    head: &PooledHead,
+    trainables: &Trainables,
+    checkpoint: Option<&super::checkpoint::Pieces>,
+    loss: impl FnOnce(&[f32]) -> (f32, Vec<f32>, usize),
+) -> Result<StepResult> {
     let g = session.graph();
     let rows = batch_rows(inputs)?;
     let mask = find_mask(inputs);
-    let slots = session.run_keep(inputs)?;
     let out = *g.outputs.first().ok_or_else(|| Error::InvalidModel("no output".into()))?;
-    let hidden_t = slots[out].as_ref().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
-    head.check_hidden(hidden_t, rows)?;
-    let hidden = hidden_t.typed::<f32>("hidden state")?;
-    let seq = hidden_t.shape()[1];
-    let pooled = head.pool(hidden, mask.as_deref(), rows)?;
-    let outputs = head.linear(&pooled);
-    let (loss, dout, count) = loss(&outputs);
-    let hg = head.linear_backward(&pooled, &dout);
-    let dhidden = match head.pooling {
-        Pooling::Mean => mean_pool_backward(mask.as_deref().ok_or_else(mask_needed)?, rows, &hg.pooled),
-        Pooling::Cls => cls_pool_backward(&hg.pooled, rows, seq),
-    };
-    let grads = session.install(|| backward(g, &slots, (out, dhidden), trainables))?;
-    Ok(StepResult { loss, outputs, count, grads, head_weight: hg.weight, head_bias: hg.bias })
+    let (grads, (loss, outputs, count, hg), usage) = forward_backward(session, inputs, trainables, checkpoint, |slots| {
+        let hidden_t = slots[out].as_ref().ok_or_else(|| Error::InvalidModel("output not computed".into()))?;
+        head.check_hidden(hidden_t, rows)?;
+        let hidden = hidden_t.typed::<f32>("hidden state")?;
+        let seq = hidden_t.shape()[1];
+        let pooled = head.pool(hidden, mask.as_deref(), rows)?;
+        let outputs = head.linear(&pooled);
+        let (loss, dout, count) = loss(&outputs);
+        let hg = head.linear_backward(&pooled, &dout);
+        let dhidden = match head.pooling {
+            Pooling::Mean => mean_pool_backward(mask.as_deref().ok_or_else(mask_needed)?, rows, &hg.pooled),
+            Pooling::Cls => cls_pool_backward(&hg.pooled, rows, seq),
+        };
+        Ok(LossSeed { seed: vec![(out, dhidden)], extra: (loss, outputs, count, hg) })
+    })?;
+    Ok(StepResult { loss, outputs, count, grads, head_weight: hg.weight, head_bias: hg.bias, usage })
 }
 
 #[cfg(test)]

@@ -14,11 +14,13 @@
 pub mod backward;
 pub mod batch;
 pub mod causal_lm;
+pub mod checkpoint;
 pub mod classify;
 pub mod evaluate;
 pub mod head;
 pub mod optim;
 pub mod regress;
 pub mod rng;
+pub mod saved;
 pub mod tape;
 pub mod trainer;

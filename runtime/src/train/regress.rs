@@ -10,9 +10,9 @@ use crate::tensor::Tensor;
 
 /// Loss and gradients for a batch. `inputs` are the model's named inputs (`[batch, seq]`; mean
 /// pooling needs `attention_mask` among them), `targets` [rows × head.outputs], finite.
-pub fn step(session: &Session, inputs: &[(&str, Tensor)], targets: &[f32], head: &PooledHead, trainables: &Trainables) -> Result<StepResult> {
+pub fn step(session: &Session, inputs: &[(&str, Tensor)], targets: &[f32], head: &PooledHead, trainables: &Trainables, checkpoint: Option<&super::checkpoint::Pieces>) -> Result<StepResult> {
     check_targets(targets, batch_rows(inputs)?, head.outputs)?;
-    pooled_step(session, inputs, head, trainables, |pred| {
+    pooled_step(session, inputs, head, trainables, checkpoint, |pred| {
         let (loss, dpred) = mse(pred, targets);
         (loss, dpred, targets.len())
     })

@@ -56,7 +56,7 @@ fn unbroadcast(dy: &[f32], out: &[usize], shape: &[usize]) -> Vec<f32> {
 }
 
 /// Which values depend on a trainable (only their gradients are worth computing).
-fn reaching(g: &Graph, t: &Trainables) -> Vec<bool> {
+pub(crate) fn reaching(g: &Graph, t: &Trainables) -> Vec<bool> {
     let mut r = vec![false; g.values.len()];
     for &c in &t.constants {
         r[c] = true;
@@ -75,160 +75,205 @@ fn reaching(g: &Graph, t: &Trainables) -> Vec<bool> {
 /// Gradients of a scalar loss, given d(loss)/d(`seed.0`) = `seed.1`, from a forward pass whose
 /// every value is in `slots` (graph inputs and computed values; constants are read from `g`).
 pub fn backward(g: &Graph, slots: &[Option<Tensor>], seed: (ValueId, Vec<f32>), t: &Trainables) -> Result<Grads> {
-    let reach = reaching(g, t);
-    let value = |v: ValueId| -> Result<&Tensor> {
-        slots[v].as_ref().or(g.values[v].constant.as_ref()).ok_or_else(|| Error::InvalidModel(format!("value `{}` was not kept", g.values[v].name)))
-    };
-    let f32s = |v: ValueId| -> Result<&[f32]> { value(v)?.typed::<f32>("gradient input") };
-    let mut grads: Vec<Option<Vec<f32>>> = vec![None; g.values.len()];
-    let mut out = Grads::default();
-    grads[seed.0] = Some(seed.1);
-    // Adds `d` to the gradient of `v` if `v` leads to a trainable.
-    let send = |grads: &mut Vec<Option<Vec<f32>>>, v: Option<ValueId>, d: Vec<f32>, out: &mut Grads| {
-        let Some(v) = v else { return };
-        if t.constants.contains(&v) {
-            match out.constants.get_mut(&v) {
-                Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
-                None => {
-                    out.constants.insert(v, d);
-                }
-            }
-            return;
-        }
-        if !reach[v] || g.values[v].constant.is_some() {
-            return;
-        }
-        match &mut grads[v] {
-            Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
-            slot @ None => *slot = Some(d),
-        }
-    };
-    for (i, n) in g.nodes.iter().enumerate().rev() {
-        let Some(&o) = n.outputs.first() else { continue };
-        let Some(dy) = grads[o].take() else { continue };
-        let inp = |k: usize| n.inputs.get(k).copied().flatten();
-        let wants = |k: usize| inp(k).is_some_and(|v| reach[v] || t.constants.contains(&v));
-        match &n.op {
-            Op::Linear(l) => {
-                let x_id = inp(0).ok_or_else(|| unsupported(&n.op))?;
-                // Rows from dy: x is kept only when a LoRA path needs it (see `saved`).
-                let rows = dy.len() / l.n.max(1);
-                if t.linear_bias.contains(&i) {
-                    out.linear_bias.insert(i, lin_bw::linear_bias_grad(&dy, l.n));
-                }
-                let mut dx = if wants(0) { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
-                if let Some(lora) = &l.lora {
-                    let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
-                    let gr = lin_bw::lora_backward(f32s(x_id)?, &lora.a, &lora.b, lora.scale, shape, &dy);
-                    if t.lora.contains(&i) {
-                        out.lora.insert(i, (gr.da, gr.db));
-                    }
-                    if let Some(dx) = &mut dx {
-                        dx.iter_mut().zip(&gr.dx).for_each(|(a, b)| *a += b);
-                    }
-                }
-                if let Some(dx) = dx {
-                    send(&mut grads, inp(0), dx, &mut out);
-                }
-            }
-            Op::LayerNorm { axis: -1, epsilon } => {
-                let gamma = f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?;
-                let gr = norm_bw::layer_norm_backward(f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, gamma, *epsilon, &dy);
-                send(&mut grads, inp(0), gr.dx, &mut out);
-                send(&mut grads, inp(2), gr.dbeta, &mut out);
-            }
-            Op::AddLayerNorm { epsilon } => {
-                let (x, skip) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
-                let gamma = f32s(inp(2).ok_or_else(|| unsupported(&n.op))?)?;
-                let gr = norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy);
-                send(&mut grads, inp(0), gr.dx.clone(), &mut out);
-                send(&mut grads, inp(1), gr.dx, &mut out);
-                send(&mut grads, inp(3), gr.dbeta, &mut out);
-            }
-            Op::RmsNorm { epsilon } => {
-                let (x, w) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
-                send(&mut grads, inp(0), norm_bw::rms_norm_backward(x, w, *epsilon, &dy), &mut out);
-            }
-            Op::Gelu { tanh: false } => {
-                let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                send(&mut grads, inp(0), activation::gelu_backward(x, &dy), &mut out);
-            }
-            Op::Silu => {
-                let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                send(&mut grads, inp(0), activation::silu_backward(x, &dy), &mut out);
-            }
-            Op::Rotary => {
-                // Only x can lead to a trainable: cos/sin come from positions, the bounds from
-                // shapes (the legacy export computes them from x's shape, so they "reach").
-                let mut ins: [Option<&Tensor>; 11] = [None; 11];
-                for (k, slot) in ins.iter_mut().enumerate() {
-                    *slot = inp(k).map(value).transpose()?;
-                }
-                send(&mut grads, inp(0), rotary_bw::rotary_input_grad(&ins, &dy)?, &mut out);
-            }
-            Op::Attention(a) => {
-                let (qt, kt, vt) = (value(inp(0).ok_or_else(|| unsupported(&n.op))?)?, value(inp(1).ok_or_else(|| unsupported(&n.op))?)?, value(inp(2).ok_or_else(|| unsupported(&n.op))?)?);
-                let ([b, h, sq, d], _) = view(qt, a.q_layout, "Q")?;
-                let ([_, kh, sk, _], _) = view(kt, a.k_layout, "K")?;
-                let dims = AttentionDims { batch: b, heads: h, kv_heads: kh, q_len: sq, kv_len: sk, head_dim: d };
-                let mask = match inp(3) {
-                    Some(m) => Some(prepare_mask(value(m)?, [b, h, sq, sk])?),
-                    None => None,
-                };
-                let mv = mask.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
-                let dout = if a.out_bshd { dy } else { permute(&dy, &[b, h, sq, d], &[0, 2, 1, 3]) };
-                let gr = attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &to_bhsd(kt, a.k_layout)?, &to_bhsd(vt, a.v_layout)?, mv.as_ref(), a.causal, a.scale, &dims, &dout);
-                let back = |x: Vec<f32>, heads: usize, len: usize, layout: Layout| match layout {
-                    Layout::Bhsd => x,
-                    Layout::Bshd => permute(&x, &[b, heads, len, d], &[0, 2, 1, 3]),
-                };
-                send(&mut grads, inp(0), back(gr.dq, h, sq, a.q_layout), &mut out);
-                send(&mut grads, inp(1), back(gr.dk, kh, sk, a.k_layout), &mut out);
-                send(&mut grads, inp(2), back(gr.dv, kh, sk, a.v_layout), &mut out);
-            }
-            Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => {
-                let (a, bb) = (inp(0).ok_or_else(|| unsupported(&n.op))?, inp(1).ok_or_else(|| unsupported(&n.op))?);
-                let out_shape = value(o).map(|t| t.shape().to_vec()).unwrap_or_default();
-                let (sa, sb) = (value(a)?.shape().to_vec(), value(bb)?.shape().to_vec());
-                let out_shape = if out_shape.is_empty() { crate::ops::broadcast::broadcast_shapes(&sa, &sb).map(|s| s.to_vec()).unwrap_or_default() } else { out_shape };
-                let times = |other: ValueId| -> Result<Vec<f32>> {
-                    let ot = value(other)?;
-                    let dyt = Tensor::new(&out_shape, dy.clone())?;
-                    Ok(crate::ops::elementwise::binary(BinaryOp::Mul, &dyt, ot)?.to_f32_vec())
-                };
-                if wants(0) {
-                    let d = if *op == BinaryOp::Mul { times(bb)? } else { dy.clone() };
-                    send(&mut grads, Some(a), unbroadcast(&d, &out_shape, &sa), &mut out);
-                }
-                if wants(1) {
-                    let d = match op {
-                        BinaryOp::Mul => times(a)?,
-                        BinaryOp::Sub => dy.iter().map(|v| -v).collect(),
-                        _ => dy.clone(),
-                    };
-                    send(&mut grads, Some(bb), unbroadcast(&d, &out_shape, &sb), &mut out);
-                }
-            }
-            Op::Reshape { .. } | Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Flatten(_) | Op::Identity | Op::Cast(crate::tensor::DType::F32) => {
-                send(&mut grads, inp(0), dy, &mut out);
-            }
-            Op::Transpose(perm) => {
-                let x = value(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                let rank = x.rank();
-                let perm: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
-                let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
-                let mut inv = vec![0; rank];
-                for (i, &p) in perm.iter().enumerate() {
-                    inv[p] = i;
-                }
-                send(&mut grads, inp(0), permute(&dy, &out_shape, &inv), &mut out);
-            }
-            op => {
-                if (0..n.inputs.len()).any(wants) {
-                    return Err(unsupported(op));
-                }
-            }
-        }
+    let mut r = Reverse::new(g, t);
+    r.seed(seed.0, seed.1);
+    r.run(slots, 0..g.nodes.len())?;
+    Ok(r.finish())
+}
+
+/// A reverse pass that can walk the graph in pieces, last piece first, so a checkpointed step
+/// can recompute one piece's forward values, run its reverse, and drop them before the next.
+pub struct Reverse<'g> {
+    g: &'g Graph,
+    t: &'g Trainables,
+    reach: Vec<bool>,
+    /// The pending gradient of each value not yet sent on.
+    grads: Vec<Option<Vec<f32>>>,
+    out: Grads,
+}
+
+impl<'g> Reverse<'g> {
+    /// A reverse pass over `g` for the trainables `t`, with no gradient yet.
+    pub fn new(g: &'g Graph, t: &'g Trainables) -> Self {
+        Reverse { g, t, reach: reaching(g, t), grads: vec![None; g.values.len()], out: Grads::default() }
     }
-    Ok(out)
+
+    /// Sets d(loss)/d(`v`).
+    pub fn seed(&mut self, v: ValueId, d: Vec<f32>) {
+        self.grads[v] = Some(d);
+    }
+
+    /// The gradients of the trainables, once every node has been walked.
+    pub fn finish(self) -> Grads {
+        self.out
+    }
+
+    /// Walks `nodes` backwards (a range of `Graph::nodes` that ends where the previous call's
+    /// began), reading forward values from `slots`.
+    pub fn run(&mut self, slots: &[Option<Tensor>], nodes: std::ops::Range<usize>) -> Result<()> {
+        let (g, t, reach) = (self.g, self.t, &self.reach);
+        let (grads, out) = (std::mem::take(&mut self.grads), std::mem::take(&mut self.out));
+        let (grads, out) = Self::walk(g, t, reach, slots, nodes, grads, out)?;
+        self.grads = grads;
+        self.out = out;
+        Ok(())
+    }
+
+    /// The reverse walk proper; the gradients it carries go in and come back out by value.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn walk(g: &Graph, t: &Trainables, reach: &[bool], slots: &[Option<Tensor>], nodes: std::ops::Range<usize>, mut grads: Vec<Option<Vec<f32>>>, mut out: Grads) -> Result<(Vec<Option<Vec<f32>>>, Grads)> {
+        let value = |v: ValueId| -> Result<&Tensor> {
+            slots[v].as_ref().or(g.values[v].constant.as_ref()).ok_or_else(|| Error::InvalidModel(format!("value `{}` was not kept", g.values[v].name)))
+        };
+        let f32s = |v: ValueId| -> Result<&[f32]> { value(v)?.typed::<f32>("gradient input") };
+        // Adds `d` to the gradient of `v` if `v` leads to a trainable.
+        let send = |grads: &mut Vec<Option<Vec<f32>>>, v: Option<ValueId>, d: Vec<f32>, out: &mut Grads| {
+            let Some(v) = v else { return };
+            if t.constants.contains(&v) {
+                match out.constants.get_mut(&v) {
+                    Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
+                    None => {
+                        out.constants.insert(v, d);
+                    }
+                }
+                return;
+            }
+            if !reach[v] || g.values[v].constant.is_some() {
+                return;
+            }
+            match &mut grads[v] {
+                Some(acc) => acc.iter_mut().zip(&d).for_each(|(a, b)| *a += b),
+                slot @ None => *slot = Some(d),
+            }
+        };
+        for i in nodes.rev() {
+            let n = &g.nodes[i];
+            let Some(&o) = n.outputs.first() else { continue };
+            let Some(dy) = grads[o].take() else { continue };
+            let inp = |k: usize| n.inputs.get(k).copied().flatten();
+            let wants = |k: usize| inp(k).is_some_and(|v| reach[v] || t.constants.contains(&v));
+            match &n.op {
+                Op::Linear(l) => {
+                    let x_id = inp(0).ok_or_else(|| unsupported(&n.op))?;
+                    // Rows from dy: x is kept only when a LoRA path needs it (see `saved`).
+                    let rows = dy.len() / l.n.max(1);
+                    if t.linear_bias.contains(&i) {
+                        out.linear_bias.insert(i, lin_bw::linear_bias_grad(&dy, l.n));
+                    }
+                    let mut dx = if wants(0) { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
+                    if let Some(lora) = &l.lora {
+                        let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
+                        let gr = lin_bw::lora_backward(f32s(x_id)?, &lora.a, &lora.b, lora.scale, shape, &dy);
+                        if t.lora.contains(&i) {
+                            out.lora.insert(i, (gr.da, gr.db));
+                        }
+                        if let Some(dx) = &mut dx {
+                            dx.iter_mut().zip(&gr.dx).for_each(|(a, b)| *a += b);
+                        }
+                    }
+                    if let Some(dx) = dx {
+                        send(&mut grads, inp(0), dx, &mut out);
+                    }
+                }
+                Op::LayerNorm { axis: -1, epsilon } => {
+                    let gamma = f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?;
+                    let gr = norm_bw::layer_norm_backward(f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, gamma, *epsilon, &dy);
+                    send(&mut grads, inp(0), gr.dx, &mut out);
+                    send(&mut grads, inp(2), gr.dbeta, &mut out);
+                }
+                Op::AddLayerNorm { epsilon } => {
+                    let (x, skip) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
+                    let gamma = f32s(inp(2).ok_or_else(|| unsupported(&n.op))?)?;
+                    let gr = norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy);
+                    send(&mut grads, inp(0), gr.dx.clone(), &mut out);
+                    send(&mut grads, inp(1), gr.dx, &mut out);
+                    send(&mut grads, inp(3), gr.dbeta, &mut out);
+                }
+                Op::RmsNorm { epsilon } => {
+                    let (x, w) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
+                    send(&mut grads, inp(0), norm_bw::rms_norm_backward(x, w, *epsilon, &dy), &mut out);
+                }
+                Op::Gelu { tanh: false } => {
+                    let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                    send(&mut grads, inp(0), activation::gelu_backward(x, &dy), &mut out);
+                }
+                Op::Silu => {
+                    let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                    send(&mut grads, inp(0), activation::silu_backward(x, &dy), &mut out);
+                }
+                Op::Rotary => {
+                    // Only x can lead to a trainable: cos/sin come from positions, the bounds from
+                    // shapes (the legacy export computes them from x's shape, so they "reach").
+                    let mut ins: [Option<&Tensor>; 11] = [None; 11];
+                    for (k, slot) in ins.iter_mut().enumerate() {
+                        *slot = inp(k).map(value).transpose()?;
+                    }
+                    send(&mut grads, inp(0), rotary_bw::rotary_input_grad(&ins, &dy)?, &mut out);
+                }
+                Op::Attention(a) => {
+                    let (qt, kt, vt) = (value(inp(0).ok_or_else(|| unsupported(&n.op))?)?, value(inp(1).ok_or_else(|| unsupported(&n.op))?)?, value(inp(2).ok_or_else(|| unsupported(&n.op))?)?);
+                    let ([b, h, sq, d], _) = view(qt, a.q_layout, "Q")?;
+                    let ([_, kh, sk, _], _) = view(kt, a.k_layout, "K")?;
+                    let dims = AttentionDims { batch: b, heads: h, kv_heads: kh, q_len: sq, kv_len: sk, head_dim: d };
+                    let mask = match inp(3) {
+                        Some(m) => Some(prepare_mask(value(m)?, [b, h, sq, sk])?),
+                        None => None,
+                    };
+                    let mv = mask.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
+                    let dout = if a.out_bshd { dy } else { permute(&dy, &[b, h, sq, d], &[0, 2, 1, 3]) };
+                    let gr = attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &to_bhsd(kt, a.k_layout)?, &to_bhsd(vt, a.v_layout)?, mv.as_ref(), a.causal, a.scale, &dims, &dout);
+                    let back = |x: Vec<f32>, heads: usize, len: usize, layout: Layout| match layout {
+                        Layout::Bhsd => x,
+                        Layout::Bshd => permute(&x, &[b, heads, len, d], &[0, 2, 1, 3]),
+                    };
+                    send(&mut grads, inp(0), back(gr.dq, h, sq, a.q_layout), &mut out);
+                    send(&mut grads, inp(1), back(gr.dk, kh, sk, a.k_layout), &mut out);
+                    send(&mut grads, inp(2), back(gr.dv, kh, sk, a.v_layout), &mut out);
+                }
+                Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul)) => {
+                    let (a, bb) = (inp(0).ok_or_else(|| unsupported(&n.op))?, inp(1).ok_or_else(|| unsupported(&n.op))?);
+                    let out_shape = value(o).map(|t| t.shape().to_vec()).unwrap_or_default();
+                    let (sa, sb) = (value(a)?.shape().to_vec(), value(bb)?.shape().to_vec());
+                    let out_shape = if out_shape.is_empty() { crate::ops::broadcast::broadcast_shapes(&sa, &sb).map(|s| s.to_vec()).unwrap_or_default() } else { out_shape };
+                    let times = |other: ValueId| -> Result<Vec<f32>> {
+                        let ot = value(other)?;
+                        let dyt = Tensor::new(&out_shape, dy.clone())?;
+                        Ok(crate::ops::elementwise::binary(BinaryOp::Mul, &dyt, ot)?.to_f32_vec())
+                    };
+                    if wants(0) {
+                        let d = if *op == BinaryOp::Mul { times(bb)? } else { dy.clone() };
+                        send(&mut grads, Some(a), unbroadcast(&d, &out_shape, &sa), &mut out);
+                    }
+                    if wants(1) {
+                        let d = match op {
+                            BinaryOp::Mul => times(a)?,
+                            BinaryOp::Sub => dy.iter().map(|v| -v).collect(),
+                            _ => dy.clone(),
+                        };
+                        send(&mut grads, Some(bb), unbroadcast(&d, &out_shape, &sb), &mut out);
+                    }
+                }
+                Op::Reshape { .. } | Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Flatten(_) | Op::Identity | Op::Cast(crate::tensor::DType::F32) => {
+                    send(&mut grads, inp(0), dy, &mut out);
+                }
+                Op::Transpose(perm) => {
+                    let x = value(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                    let rank = x.rank();
+                    let perm: Vec<usize> = perm.clone().unwrap_or_else(|| (0..rank).rev().collect());
+                    let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+                    let mut inv = vec![0; rank];
+                    for (i, &p) in perm.iter().enumerate() {
+                        inv[p] = i;
+                    }
+                    send(&mut grads, inp(0), permute(&dy, &out_shape, &inv), &mut out);
+                }
+                op => {
+                    if (0..n.inputs.len()).any(wants) {
+                        return Err(unsupported(op));
+                    }
+                }
+            }
+        }
+        Ok((grads, out))
+    }
 }

@@ -33,6 +33,13 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Optimizer, schedule and clipping.
     pub optimizer: OptimizerConfig,
+    /// The most activation memory (bytes) a step may keep for its backward pass. `None` keeps
+    /// what the backward reads, which is fastest. Over the budget, a step checkpoints: it keeps
+    /// only the values between normalization layers (two per transformer block) and recomputes
+    /// each piece's activations during the backward pass: one more forward pass of work, the
+    /// same gradients bit for bit. The first step with a budget checkpoints and measures what a
+    /// plain step would keep; later steps checkpoint only when their batch would go over.
+    pub memory_budget: Option<usize>,
 }
 
 /// What one training step did.
@@ -66,6 +73,12 @@ pub struct Trainer {
     optimizer: Optimizer,
     steps: u64,
     last_loss: Option<f32>,
+    memory_budget: Option<usize>,
+    /// Where the graph is cut for checkpointing (made on first use).
+    pieces: Option<super::checkpoint::Pieces>,
+    /// Activation bytes per token of a step without checkpointing, once measured.
+    bytes_per_token: Option<f64>,
+    last_usage: super::checkpoint::Usage,
 }
 
 impl Trainer {
@@ -149,6 +162,10 @@ impl Trainer {
             optimizer: Optimizer::new(config.optimizer)?,
             steps: 0,
             last_loss: None,
+            memory_budget: config.memory_budget,
+            pieces: None,
+            bytes_per_token: None,
+            last_usage: super::checkpoint::Usage::default(),
         };
         t.refresh()?;
         Ok(t)
@@ -213,10 +230,20 @@ impl Trainer {
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
         let (t, where_) = self.trainables();
         let named = batch.named();
+        let tokens = batch.inputs.first().map_or(0, |(_, x)| x.len());
+        let checkpoint = match (self.memory_budget, self.bytes_per_token) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(budget), Some(per_token)) => per_token * tokens as f64 > budget as f64,
+        };
+        if checkpoint && self.pieces.is_none() {
+            self.pieces = Some(super::checkpoint::pieces(self.session.graph()));
+        }
+        let ck = if checkpoint { self.pieces.as_ref() } else { None };
         let r = match (&self.task, &batch.targets, &self.head) {
-            (TaskHead::Classification { .. }, Targets::Classes(labels), Some(h)) => classify::step(&self.session, &named, labels, h, &t)?,
-            (TaskHead::Regression { .. }, Targets::Values(values), Some(h)) => regress::step(&self.session, &named, values, h, &t)?,
-            (TaskHead::CausalLm, Targets::NextTokens, None) => causal_lm::step(&self.session, &named, &t)?,
+            (TaskHead::Classification { .. }, Targets::Classes(labels), Some(h)) => classify::step(&self.session, &named, labels, h, &t, ck)?,
+            (TaskHead::Regression { .. }, Targets::Values(values), Some(h)) => regress::step(&self.session, &named, values, h, &t, ck)?,
+            (TaskHead::CausalLm, Targets::NextTokens, None) => causal_lm::step(&self.session, &named, &t, ck)?,
             _ => return Err(Error::BadInput { name: "batch".into(), reason: format!("its targets ({}) do not fit this trainer's task {:?}", targets_name(&batch.targets), self.task) }),
         };
         let mut grads: Vec<Vec<f32>> = Vec::with_capacity(self.params.len());
@@ -242,6 +269,8 @@ impl Trainer {
             groups.push(ParamGroup { name: "head.bias", values: &mut h.bias, grads: &r.head_bias, decay: false });
         }
         let outcome = self.optimizer.step(&mut groups)?;
+        self.bytes_per_token = Some(r.usage.full as f64 / tokens.max(1) as f64);
+        self.last_usage = r.usage;
         self.steps += 1;
         self.last_loss = Some(r.loss);
         self.refresh()?;
@@ -259,6 +288,12 @@ impl Trainer {
     /// `[rows × outputs]`, or the LM's logits `[rows × seq × vocab]`.
     pub fn outputs(&self, batch: &Batch) -> Result<Vec<f32>> {
         task_outputs(&self.session, &self.task, self.head.as_ref(), batch)
+    }
+
+    /// The activation memory of the last step: the peak it held, and what a step without
+    /// checkpointing holds.
+    pub fn last_usage(&self) -> super::checkpoint::Usage {
+        self.last_usage
     }
 
     /// Steps taken.
