@@ -21,10 +21,12 @@ case "${1:-}" in
         ;;
     phone-libs)
         # Only the staticlib: a cdylib would need the platform's linker (the NDK, Xcode).
-        cargo rustc -p kilotune-ffi --release --target aarch64-linux-android --features jni --crate-type staticlib
-        cargo rustc -p kilotune-ffi --release --target aarch64-apple-ios --crate-type staticlib
+        # PROFILE=release for the libraries an app ships; CI uses the quicker ci-phone profile.
+        profile=${PROFILE:-release}
+        cargo rustc -p kilotune-ffi --profile "$profile" --target aarch64-linux-android --features jni --crate-type staticlib
+        cargo rustc -p kilotune-ffi --profile "$profile" --target aarch64-apple-ios --crate-type staticlib
         for t in aarch64-linux-android aarch64-apple-ios; do
-            ls -l "$target_dir/$t/release/libkilotune_ffi.a" | awk -v t="$t" '{ printf "%s: libkilotune_ffi.a %d bytes\n", t, $5 }'
+            ls -l "$target_dir/$t/$profile/libkilotune_ffi.a" | awk -v t="$t" '{ printf "%s: libkilotune_ffi.a %d bytes\n", t, $5 }'
         done
         ;;
     *)
