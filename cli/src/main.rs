@@ -289,6 +289,10 @@ struct TrainArgs {
     /// LoRA alpha: the update is scaled by alpha / rank.
     #[arg(long, default_value_t = 16.0)]
     alpha: f32,
+    /// LoRA dropout: the probability of zeroing each input of the LoRA path during training
+    /// (PEFT's `lora_dropout`; never applied when the delta runs).
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    lora_dropout: f32,
     /// LoRA target modules (comma-separated module-name suffixes).
     #[arg(long, value_delimiter = ',', default_value = "query,value")]
     targets: Vec<String>,

@@ -99,7 +99,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         Method::Lora => PeftMethod::Lora(LoraConfig {
             r: args.rank,
             alpha: args.alpha,
-            dropout: 0.0,
+            dropout: args.lora_dropout,
             target_modules: args.targets.clone(),
             rank_pattern: Vec::new(),
         }),

@@ -154,6 +154,12 @@ impl Session {
         self.pool.install(|| self.plan.execute_range(&self.graph, slots, nodes, saved))
     }
 
+    /// The graph, to change for one training step (LoRA dropout masks); copied first if
+    /// another session shares it.
+    pub(crate) fn graph_mut(&mut self) -> &mut crate::graph::Graph {
+        Arc::make_mut(&mut self.graph)
+    }
+
     /// Runs `f` on this session's thread pool.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

@@ -55,7 +55,8 @@ fn checkpointed_causal_lm_training_on_the_tiny_llama_is_bit_identical() {
 #[test]
 fn checkpointed_classification_on_the_tiny_bert_is_bit_identical() {
     for file in ["tiny-bert.dynamo.onnx", "tiny-bert.legacy.onnx"] {
-        let method = PeftMethod::Lora(LoraConfig { r: 4, alpha: 8.0, ..Default::default() });
+        // LoRA dropout on: the recomputed pieces must draw the same masks.
+        let method = PeftMethod::Lora(LoraConfig { r: 4, alpha: 8.0, dropout: 0.3, ..Default::default() });
         let task = TaskHead::Classification { classes: 3, pooling: Pooling::Mean };
         same_training(file, method, task, |s| {
             let mut inputs = rows(7, 4, 90, false);
@@ -81,4 +82,29 @@ fn a_budget_the_batch_fits_in_trains_without_checkpointing() {
     t.step(&b).unwrap();
     let second = t.last_usage();
     assert_eq!(second.peak, second.full);
+}
+
+#[test]
+fn lora_dropout_changes_training_repeatably_and_never_touches_evaluation() {
+    let base = Base::load(fixtures().join("tiny-bert.dynamo.onnx"), LoadOptions::default()).unwrap();
+    let task = TaskHead::Classification { classes: 2, pooling: Pooling::Mean };
+    let method = |p: f32| PeftMethod::Lora(LoraConfig { r: 4, alpha: 8.0, dropout: p, ..Default::default() });
+    let mut config = TrainConfig { seed: 9, threads: 1, ..Default::default() };
+    config.optimizer.lr = 1e-2;
+    let mut inputs = rows(6, 4, 90, false);
+    inputs.push(("token_type_ids".into(), Tensor::new(&[4, 6], vec![0i64; 24]).unwrap()));
+    let b = Batch::classification(inputs, vec![0, 1, 1, 0]);
+    let train = |p: f32| {
+        let mut t = Trainer::new(base.clone(), method(p), task.clone(), config.clone()).unwrap();
+        for _ in 0..3 {
+            t.step(&b).unwrap();
+        }
+        // Evaluation runs without dropout: twice the same, bit for bit.
+        let (e1, e2) = (t.evaluate(std::slice::from_ref(&b)).unwrap(), t.evaluate(std::slice::from_ref(&b)).unwrap());
+        assert_eq!(e1.loss.to_bits(), e2.loss.to_bits());
+        t.delta().tensors.iter().map(|x| x.to_f32().unwrap()).collect::<Vec<_>>()
+    };
+    let (with, again, without) = (train(0.5), train(0.5), train(0.0));
+    assert_eq!(with, again, "the same seed draws the same masks");
+    assert_ne!(with, without, "dropout changes what is learned");
 }

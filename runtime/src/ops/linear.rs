@@ -53,6 +53,39 @@ pub struct LoraPatch {
     pub b: Vec<f32>,
     /// alpha / r.
     pub scale: f32,
+    /// Dropout on the side path's input (PEFT's `lora_dropout`): set by the trainer for one
+    /// step at a time, `None` whenever the model runs for inference.
+    pub dropout: Option<LoraDropout>,
+}
+
+/// Inverted dropout with a mask drawn from a counter-based generator: element `i` is kept
+/// (and scaled by 1/(1−p)) iff `hash(seed, i)` falls at or above `p`. The mask is a function of
+/// `(seed, i)` alone, so the backward pass (and a checkpointed recompute) draws the same mask
+/// without storing it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    /// Probability of dropping an element, in `[0, 1)`.
+    pub p: f32,
+    /// The mask's seed (the trainer mixes its seed, the step and the layer).
+    pub seed: u64,
+}
+
+impl LoraDropout {
+    /// Whether element `i` is kept.
+    fn keeps(&self, i: usize) -> bool {
+        let mut z = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // 24 random bits as a fraction in [0, 1): exact in f32.
+        ((z >> 40) as f32) * (1.0 / (1u64 << 24) as f32) >= self.p
+    }
+
+    /// `x ⊙ mask / (1 − p)`. Also the input gradient's rule: the same mask and scale.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let s = 1.0 / (1.0 - self.p);
+        x.iter().enumerate().map(|(i, &v)| if self.keeps(i) { v * s } else { 0.0 }).collect()
+    }
 }
 
 impl Linear {
@@ -96,6 +129,8 @@ impl Linear {
         if let Some(lora) = &self.lora {
             // Side path: t = (x·Aᵀ)·scale, then y += t·Bᵀ. Scaling the rank-r intermediate is
             // the cheapest place for it.
+            let dropped = lora.dropout.map(|d| d.apply(v));
+            let v = dropped.as_deref().unwrap_or(v);
             let mut t = vec![0f32; m * lora.r];
             matmul_f32_bt(v, &lora.a, &mut t, m, k, lora.r, false);
             t.iter_mut().for_each(|x| *x *= lora.scale);

@@ -55,7 +55,7 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
                     return Err(bad(&a_name, format!("A {ash:?} / B {bsh:?} do not fit a {}×{} Linear", l.k, l.n)));
                 }
                 let scale = cfg.alpha / cfg.rank_for(&l.module).max(1) as f32;
-                l.lora = Some(Arc::new(LoraPatch { r, a: a.clone(), b: b.clone(), scale }));
+                l.lora = Some(Arc::new(LoraPatch { r, a: a.clone(), b: b.clone(), scale, dropout: None }));
                 mark(&mut used, &a_name);
                 mark(&mut used, &b_name);
             }

@@ -163,7 +163,14 @@ impl<'g> Reverse<'g> {
                     let mut dx = if wants(0) { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
                     if let Some(lora) = &l.lora {
                         let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
-                        let gr = lin_bw::lora_backward(f32s(x_id)?, &lora.a, &lora.b, lora.scale, shape, &dy);
+                        // With dropout, the side path saw x ⊙ mask/(1−p), and its input gradient
+                    // goes back through the same mask.
+                    let x = f32s(x_id)?;
+                    let dropped = lora.dropout.map(|d| d.apply(x));
+                    let mut gr = lin_bw::lora_backward(dropped.as_deref().unwrap_or(x), &lora.a, &lora.b, lora.scale, shape, &dy);
+                    if let Some(d) = lora.dropout {
+                        gr.dx = d.apply(&gr.dx);
+                    }
                         if t.lora.contains(&i) {
                             out.lora.insert(i, (gr.da, gr.db));
                         }

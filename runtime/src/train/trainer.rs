@@ -15,6 +15,7 @@ use super::tape::Trainables;
 use crate::base::Base;
 use crate::delta::{Delta, NamedTensor, TrainingSummary};
 use crate::error::{Error, Result};
+use crate::ops::linear::LoraDropout;
 use crate::ops::Op;
 use crate::peft::apply::HEAD_PREFIX;
 use crate::peft::{BitFitVariant, PeftMethod, TaskHead};
@@ -74,6 +75,8 @@ pub struct Trainer {
     steps: u64,
     last_loss: Option<f32>,
     memory_budget: Option<usize>,
+    /// The seed LoRA dropout masks are drawn from (with the step and the layer).
+    seed: u64,
     /// Where the graph is cut for checkpointing (made on first use).
     pieces: Option<super::checkpoint::Pieces>,
     /// Activation bytes per token of a step without checkpointing, once measured.
@@ -163,6 +166,7 @@ impl Trainer {
             steps: 0,
             last_loss: None,
             memory_budget: config.memory_budget,
+            seed: config.seed,
             pieces: None,
             bytes_per_token: None,
             last_usage: super::checkpoint::Usage::default(),
@@ -229,6 +233,7 @@ impl Trainer {
     /// One optimization step on `batch`, whose targets must fit the trainer's task.
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
         let (t, where_) = self.trainables();
+        self.set_dropout(&t);
         let named = batch.named();
         let tokens = batch.inputs.first().map_or(0, |(_, x)| x.len());
         let checkpoint = match (self.memory_budget, self.bytes_per_token) {
@@ -288,6 +293,25 @@ impl Trainer {
     /// `[rows × outputs]`, or the LM's logits `[rows × seq × vocab]`.
     pub fn outputs(&self, batch: &Batch) -> Result<Vec<f32>> {
         task_outputs(&self.session, &self.task, self.head.as_ref(), batch)
+    }
+
+    /// Turns LoRA dropout on for this step's forward and backward, with a fresh mask per step
+    /// and layer; the `refresh` after the step rebuilds the graph without it, so evaluation and
+    /// saved deltas never see dropout.
+    fn set_dropout(&mut self, t: &Trainables) {
+        let PeftMethod::Lora(c) = &self.method else { return };
+        if c.dropout <= 0.0 {
+            return;
+        }
+        let (p, step) = (c.dropout, self.steps);
+        let mut rng = Rng::new(self.seed ^ step.wrapping_mul(0xA076_1D64_78BD_642F));
+        for (i, n) in self.session.graph_mut().nodes.iter_mut().enumerate() {
+            if let (true, Op::Linear(l)) = (t.lora.contains(&i), &mut n.op) {
+                if let Some(lora) = &mut l.lora {
+                    Arc::make_mut(lora).dropout = Some(LoraDropout { p, seed: rng.next_u64() });
+                }
+            }
+        }
     }
 
     /// The activation memory of the last step: the peak it held, and what a step without

@@ -164,3 +164,48 @@ mod tests {
         assert_eq!(g.db, vec![6.0; 2]);
     }
 }
+
+#[cfg(test)]
+mod dropout_tests {
+    use super::*;
+    use crate::ops::linear::LoraDropout;
+    use crate::train::backward::gradcheck::{check, dot, Rng};
+
+    #[test]
+    fn lora_gradients_through_a_dropout_mask_match_finite_differences() {
+        // The mask is a fixed function of (seed, index), so the forward with dropout is a
+        // linear map of x, A and B and central differences are exact up to rounding.
+        let shape = LoraShape { rows: 4, k: 6, n: 3, rank: 2 };
+        let d = LoraDropout { p: 0.4, seed: 11 };
+        let mut rng = Rng::new(5);
+        let x = rng.f32s(shape.rows * shape.k, -1.0, 1.0);
+        let a = rng.f32s(shape.rank * shape.k, -1.0, 1.0);
+        let b = rng.f32s(shape.n * shape.rank, -1.0, 1.0);
+        let dy = rng.f32s(shape.rows * shape.n, -1.0, 1.0);
+        let fwd = |x: &[f32], a: &[f32], b: &[f32]| dot(&dy, &lora_forward(&d.apply(x), a, b, 2.0, shape));
+        let mut g = lora_backward(&d.apply(&x), &a, &b, 2.0, shape, &dy);
+        g.dx = d.apply(&g.dx);
+        check("dx", &x, &g.dx, 0.25, 1e-4, |x| fwd(x, &a, &b));
+        check("dA", &a, &g.da, 0.25, 1e-4, |a| fwd(&x, a, &b));
+        check("dB", &b, &g.db, 0.25, 1e-4, |b| fwd(&x, &a, b));
+        // Some inputs were dropped and their gradient is exactly zero.
+        let dropped = d.apply(&vec![1.0; x.len()]).iter().filter(|&&m| m == 0.0).count();
+        assert!(dropped > 0 && dropped < x.len());
+        assert_eq!(g.dx.iter().filter(|&&v| v == 0.0).count(), dropped);
+    }
+
+    #[test]
+    fn dropout_keeps_one_minus_p_of_the_inputs_and_scales_them() {
+        let n = 200_000;
+        for p in [0.0f32, 0.1, 0.5] {
+            let y = LoraDropout { p, seed: 3 }.apply(&vec![1.0; n]);
+            let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+            // Binomial standard deviation at n = 2e5 is ≤ 1.2e-3; allow 5 of them.
+            assert!((kept - (1.0 - f64::from(p))).abs() < 6e-3, "p {p}: kept {kept}");
+            assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / (1.0 - p)).abs() < 1e-6));
+        }
+        // Another seed gives another mask.
+        let (a, b) = (LoraDropout { p: 0.5, seed: 1 }.apply(&[1.0; 64]), LoraDropout { p: 0.5, seed: 2 }.apply(&[1.0; 64]));
+        assert_ne!(a, b);
+    }
+}
