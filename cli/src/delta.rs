@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{CliError, Result};
-use crate::{DeltaExportArgs, DeltaImportArgs, DeltaInspectArgs, PrecisionChoice};
+use crate::{DeltaConvertArgs, DeltaExportArgs, DeltaImportArgs, DeltaInspectArgs, PrecisionChoice};
 
 /// A one-line description of a method: `LoRA r=8 alpha=16`, `BitFit All (+LayerNorm)`.
 pub fn method_summary(m: &PeftMethod) -> String {
@@ -202,6 +202,21 @@ pub fn export(args: &DeltaExportArgs, out: &mut dyn Write) -> Result<()> {
         args.out.display()
     )
     .map_err(CliError::Stdout)
+}
+
+/// Runs `kilotune delta convert`.
+pub fn convert(args: &DeltaConvertArgs, out: &mut dyn Write) -> Result<()> {
+    let limits = LoadLimits::default();
+    let bytes = read_bounded(&args.file, limits.max_bytes)?;
+    let d = delta::from_bytes(&bytes, None, &limits).map_err(kilotune::Error::from)?;
+    let precision = match args.precision {
+        PrecisionChoice::F32 => Precision::F32,
+        PrecisionChoice::F16 => Precision::F16,
+        PrecisionChoice::Int8 => Precision::Int8,
+    };
+    delta::save(&d, &args.out, precision).map_err(kilotune::Error::from)?;
+    let size = std::fs::metadata(&args.out).map_err(|source| CliError::Io { action: "cannot stat", path: args.out.clone(), source })?.len();
+    writeln!(out, "{} ({} bytes) → {} ({} bytes, {})", args.file.display(), bytes.len(), args.out.display(), size, precision_name(precision)).map_err(CliError::Stdout)
 }
 
 /// Runs `kilotune delta import`.

@@ -132,6 +132,26 @@ enum DeltaCommand {
         after_help = "Each adapted module must match exactly one Linear layer of --model (PEFT's suffix rule);\nPEFT features kilotune cannot compute (DoRA, rsLoRA, LoRA biases, ...) are refused.\n\nExample:\n  kilotune delta import adapter/ --model model.onnx --out user.ktd --precision f16"
     )]
     Import(DeltaImportArgs),
+    /// Re-save a delta with its tensors in another precision (f32, f16, or int8 with scales).
+    #[command(after_help = "The base binding, method, head and training summary are kept; only how the tensors are
+stored changes (f16 halves an f32 delta, int8 quarters it; see `kilotune eval` for what it costs).
+
+Example:
+  kilotune delta convert user.ktd --precision int8 --out user.int8.ktd")]
+    Convert(DeltaConvertArgs),
+}
+
+#[derive(Args, Debug)]
+struct DeltaConvertArgs {
+    /// The delta file (.ktd).
+    #[arg(value_name = "FILE.ktd")]
+    file: PathBuf,
+    /// The precision to store its tensors in.
+    #[arg(long, value_enum)]
+    precision: PrecisionChoice,
+    /// Where to save the converted delta (.ktd), atomically; it may be FILE itself.
+    #[arg(long, value_name = "FILE.ktd")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -455,6 +475,7 @@ fn main() -> ExitCode {
         Command::Delta(DeltaCommand::Inspect(a)) => delta::inspect(&a, &mut out),
         Command::Delta(DeltaCommand::Export(a)) => delta::export(&a, &mut out),
         Command::Delta(DeltaCommand::Import(a)) => delta::import(&a, &mut out),
+        Command::Delta(DeltaCommand::Convert(a)) => delta::convert(&a, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(CliError::Stdout));
     match result {

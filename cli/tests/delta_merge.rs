@@ -264,3 +264,26 @@ fn delta_export_and_import_round_trip_through_peft() {
     let o = kilotune(&["delta", "export", &bf.display().to_string(), "--out", &dir.path().join("bf").display().to_string()]);
     assert_fails_with(&o, "unsupported PEFT adapter: method");
 }
+
+#[test]
+fn delta_convert_changes_only_the_storage_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base();
+    let d = lora_delta(&base, true);
+    let (f32_path, int8_path) = (dir.path().join("user.ktd"), dir.path().join("user.int8.ktd"));
+    delta::save(&d, &f32_path, Precision::F32).unwrap();
+    let o = kilotune(&["delta", "convert", &f32_path.display().to_string(), "--precision", "int8", "--out", &int8_path.display().to_string()]);
+    assert_ok(&o);
+    let (a, b) = (std::fs::metadata(&f32_path).unwrap().len(), std::fs::metadata(&int8_path).unwrap().len());
+    assert!(b * 2 < a, "int8 {b} bytes vs f32 {a}");
+    let back = delta::load(&int8_path, Some(&base.fingerprint()), &kilotune::delta::LoadLimits::default()).unwrap();
+    assert_eq!((back.method.clone(), back.head.clone(), back.summary.steps), (d.method.clone(), d.head.clone(), d.summary.steps));
+    for (x, y) in d.tensors.iter().zip(&back.tensors) {
+        assert_eq!(y.precision(), Precision::Int8, "{}", y.name);
+        let (x, y) = (x.to_f32().unwrap(), y.to_f32().unwrap());
+        // int8 with one scale per row (vectors: one per tensor): error ≤ half a step of the
+        // largest magnitude / 127.
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() <= max / 127.0), "int8 error too large");
+    }
+}
