@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor, WeightFormat};
-use kilotune_bench::{median, repo_root, time, Peer};
+use kilotune_bench::{env_usize, median, repo_root, time, Peer};
 
 /// The same deterministic ids `bench/ort_infer.py` builds.
 fn inputs(base: &Base, batch: usize, seq: usize) -> Vec<(&'static str, Tensor)> {
@@ -21,10 +21,6 @@ fn inputs(base: &Base, batch: usize, seq: usize) -> Vec<(&'static str, Tensor)> 
         v.push(("token_type_ids", Tensor::new(&[batch, seq], vec![0i64; batch * seq]).expect("shape matches")));
     }
     v
-}
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() -> Result<(), String> {

@@ -7,7 +7,9 @@
 //! The model comes from `../shared/models/minilm-l6` beside the repository, or from the folder
 //! in `KILOTUNE_BENCH_MODELS` (`model.onnx` and `config.json`).
 //! Env: `KILOTUNE_BENCH_THREADS` (default 2), `KILOTUNE_BENCH_ROUNDS` (default 5),
-//! `KILOTUNE_BENCH_INT8=1` to train on the int8 model (`model.int8.onnx`) instead.
+//! `KILOTUNE_BENCH_INT8=1` to train on the int8 model (`model.int8.onnx`) instead,
+//! `KILOTUNE_BENCH_BUDGET_MIB=N` to give kilotune's trainer a `memory_budget` of N MiB (0:
+//! checkpoint every step).
 //!
 //! Peak RSS is each process's high-water mark over the whole run (load included), read from
 //! `/proc/self/status` here and from `getrusage` in the peer.
@@ -17,11 +19,7 @@ use std::path::PathBuf;
 use kilotune::peft::{LoraConfig, PeftMethod, Pooling, TaskHead};
 use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
 use kilotune::{Base, LoadOptions, Tensor};
-use kilotune_bench::{median, peak_rss_bytes, repo_root, time, Peer};
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use kilotune_bench::{env_usize, median, peak_rss_bytes, repo_root, time, Peer};
 
 fn main() -> Result<(), String> {
     let models = std::env::var_os("KILOTUNE_BENCH_MODELS")
@@ -30,6 +28,7 @@ fn main() -> Result<(), String> {
     let threads = env_usize("KILOTUNE_BENCH_THREADS", 2);
     let rounds = env_usize("KILOTUNE_BENCH_ROUNDS", 5);
     let int8 = std::env::var("KILOTUNE_BENCH_INT8").is_ok_and(|v| v == "1");
+    let budget = std::env::var("KILOTUNE_BENCH_BUDGET_MIB").ok().and_then(|v| v.parse::<usize>().ok()).map(|m| m << 20);
     let (batch, seq, rank, iters) = (16usize, 64usize, 8u32, 2usize);
     let file = if int8 { "model.int8.onnx" } else { "model.onnx" };
     for f in [file, "config.json"] {
@@ -43,7 +42,7 @@ fn main() -> Result<(), String> {
     let base = Base::load(models.join(file), LoadOptions::default()).map_err(|e| e.to_string())?;
     let method = PeftMethod::Lora(LoraConfig { r: rank, alpha: 2.0 * rank as f32, ..Default::default() });
     let task = TaskHead::Classification { classes: 2, pooling: Pooling::Mean };
-    let mut trainer = Trainer::new(base, method, task, TrainConfig { threads, ..Default::default() }).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(base, method, task, TrainConfig { threads, memory_budget: budget, ..Default::default() }).map_err(|e| e.to_string())?;
     // The same deterministic ids `bench/torch_train.py` builds.
     let ids: Vec<i64> = (0..(batch * seq) as i64).map(|i| (i * 7919 + 101) % 29000 + 1000).collect();
     let tensor = |v: Vec<i64>| Tensor::new(&[batch, seq], v).map_err(|e| e.to_string());
@@ -76,6 +75,9 @@ fn main() -> Result<(), String> {
         if int8 { "int8" } else { "fp32" },
         rounds * iters
     );
+    if let Some(b) = budget {
+        println!("kilotune memory_budget {} MiB: the last step held {} MiB of activations", b >> 20, trainer.last_usage().peak >> 20);
+    }
     println!("{:<22} {:>12} {:>12} {:>8}", "", "kilotune", "PyTorch+PEFT", "ratio");
     println!("{:<22} {:>12.3} {:>12.3} {:>7.2}x", "step time (s)", a, b, a / b);
     println!("{:<22} {:>12.0} {:>12.0} {:>7.2}x", "peak RSS (MiB)", mib(our_rss as f64), mib(their_rss), our_rss as f64 / their_rss);

@@ -77,6 +77,11 @@ impl Drop for Peer {
     }
 }
 
+/// The number in environment variable `key`, or `default`.
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Seconds taken by `f`.
 pub fn time<T>(f: impl FnOnce() -> T) -> (f64, T) {
     let t = Instant::now();

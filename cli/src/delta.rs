@@ -204,18 +204,20 @@ pub fn export(args: &DeltaExportArgs, out: &mut dyn Write) -> Result<()> {
     .map_err(CliError::Stdout)
 }
 
+/// Saves `d` atomically in the chosen precision; returns that precision and the file's size.
+pub fn save_sized(d: &Delta, path: &Path, choice: PrecisionChoice) -> Result<(Precision, u64)> {
+    let precision = Precision::from(choice);
+    delta::save(d, path, precision).map_err(kilotune::Error::from)?;
+    let size = std::fs::metadata(path).map_err(|source| CliError::Io { action: "cannot stat", path: path.to_owned(), source })?.len();
+    Ok((precision, size))
+}
+
 /// Runs `kilotune delta convert`.
 pub fn convert(args: &DeltaConvertArgs, out: &mut dyn Write) -> Result<()> {
     let limits = LoadLimits::default();
     let bytes = read_bounded(&args.file, limits.max_bytes)?;
     let d = delta::from_bytes(&bytes, None, &limits).map_err(kilotune::Error::from)?;
-    let precision = match args.precision {
-        PrecisionChoice::F32 => Precision::F32,
-        PrecisionChoice::F16 => Precision::F16,
-        PrecisionChoice::Int8 => Precision::Int8,
-    };
-    delta::save(&d, &args.out, precision).map_err(kilotune::Error::from)?;
-    let size = std::fs::metadata(&args.out).map_err(|source| CliError::Io { action: "cannot stat", path: args.out.clone(), source })?.len();
+    let (precision, size) = save_sized(&d, &args.out, args.precision)?;
     writeln!(out, "{} ({} bytes) → {} ({} bytes, {})", args.file.display(), bytes.len(), args.out.display(), size, precision_name(precision)).map_err(CliError::Stdout)
 }
 
@@ -223,19 +225,7 @@ pub fn convert(args: &DeltaConvertArgs, out: &mut dyn Write) -> Result<()> {
 pub fn import(args: &DeltaImportArgs, out: &mut dyn Write) -> Result<()> {
     let base = Base::load(&args.model, LoadOptions::default())?;
     let d = import_peft_adapter(&args.dir, &base, base.fingerprint())?;
-    let precision = match args.precision {
-        PrecisionChoice::F32 => Precision::F32,
-        PrecisionChoice::F16 => Precision::F16,
-        PrecisionChoice::Int8 => Precision::Int8,
-    };
-    delta::save(&d, &args.out, precision).map_err(kilotune::Error::from)?;
-    let size = std::fs::metadata(&args.out)
-        .map_err(|source| CliError::Io {
-            action: "cannot stat",
-            path: args.out.clone(),
-            source,
-        })?
-        .len();
+    let (precision, size) = save_sized(&d, &args.out, args.precision)?;
     writeln!(
         out,
         "imported {} ({}, {} modules) as {} ({} bytes, {}), bound to base {}",

@@ -286,6 +286,16 @@ enum PrecisionChoice {
     Int8,
 }
 
+impl From<PrecisionChoice> for kilotune::delta::Precision {
+    fn from(c: PrecisionChoice) -> Self {
+        match c {
+            PrecisionChoice::F32 => Self::F32,
+            PrecisionChoice::F16 => Self::F16,
+            PrecisionChoice::Int8 => Self::Int8,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct TrainArgs {
     #[command(flatten)]

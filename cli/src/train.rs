@@ -6,7 +6,6 @@ use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kilotune::delta::{self, Precision};
 use kilotune::peft::{BitFitConfig, BitFitVariant, LoraConfig, PeftMethod, Pooling, TaskHead};
 use kilotune::train::optim::{Decay, OptimizerConfig, Schedule};
 use kilotune::train::trainer::{Evaluation, TrainConfig, Trainer};
@@ -15,7 +14,7 @@ use kilotune::Base;
 use crate::data::{self, Classes, Encoded, LabelKind, Labels};
 use crate::embed::{FeedPlan, TextTokenizer};
 use crate::error::{CliError, Result};
-use crate::{BitFitChoice, Method, PoolingChoice, PrecisionChoice, Task, TrainArgs};
+use crate::{BitFitChoice, Method, PoolingChoice, Task, TrainArgs};
 
 /// The share of all steps spent warming the learning rate up.
 const WARMUP_FRACTION: f64 = 0.06;
@@ -207,19 +206,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     let mut delta = trainer.delta();
     delta.summary.epochs = args.epochs;
     delta.summary.eval_metric = last_eval.as_ref().map(headline);
-    let precision = match args.precision {
-        PrecisionChoice::F32 => Precision::F32,
-        PrecisionChoice::F16 => Precision::F16,
-        PrecisionChoice::Int8 => Precision::Int8,
-    };
-    delta::save(&delta, &args.out, precision).map_err(kilotune::Error::from)?;
-    let size = std::fs::metadata(&args.out)
-        .map_err(|source| CliError::Io {
-            action: "cannot stat",
-            path: args.out.clone(),
-            source,
-        })?
-        .len();
+    let (_, size) = crate::delta::save_sized(&delta, &args.out, args.precision)?;
     outln(out, format!("saved {} ({size} bytes)", args.out.display()))?;
     outln(
         out,
