@@ -5,10 +5,8 @@
 //! `KILOTUNE_BENCH_MODELS` (it must hold `model.onnx` and `model.int8.onnx`).
 //! Env: `KILOTUNE_BENCH_THREADS` (default 2), `KILOTUNE_BENCH_ROUNDS` (default 5).
 
-use std::path::PathBuf;
-
 use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor, WeightFormat};
-use kilotune_bench::{env_usize, median, repo_root, time, Peer};
+use kilotune_bench::{env_usize, median, models_dir, repo_root, time, Peer};
 
 /// The same deterministic ids `bench/ort_infer.py` builds.
 fn inputs(base: &Base, batch: usize, seq: usize) -> Vec<(&'static str, Tensor)> {
@@ -24,17 +22,10 @@ fn inputs(base: &Base, batch: usize, seq: usize) -> Vec<(&'static str, Tensor)> 
 }
 
 fn main() -> Result<(), String> {
-    let models = std::env::var_os("KILOTUNE_BENCH_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/models/minilm-l6"));
+    let models = models_dir(&["model.onnx", "model.int8.onnx"])?;
     let threads = env_usize("KILOTUNE_BENCH_THREADS", 2);
     let rounds = env_usize("KILOTUNE_BENCH_ROUNDS", 5);
     let seq = 64;
-    for f in ["model.onnx", "model.int8.onnx"] {
-        if !models.join(f).is_file() {
-            return Err(format!("{} is missing (set KILOTUNE_BENCH_MODELS)", models.join(f).display()));
-        }
-    }
     let mut ort = Peer::spawn(&repo_root().join("bench/ort_infer.py"), &[])?;
     // (label, our file, our weights, ORT's file)
     let cases = [

@@ -14,28 +14,19 @@
 //! Peak RSS is each process's high-water mark over the whole run (load included), read from
 //! `/proc/self/status` here and from `getrusage` in the peer.
 
-use std::path::PathBuf;
-
 use kilotune::peft::{LoraConfig, PeftMethod, Pooling, TaskHead};
 use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
 use kilotune::{Base, LoadOptions, Tensor};
-use kilotune_bench::{env_usize, median, peak_rss_bytes, repo_root, time, Peer};
+use kilotune_bench::{env_usize, median, models_dir, peak_rss_bytes, repo_root, time, Peer};
 
 fn main() -> Result<(), String> {
-    let models = std::env::var_os("KILOTUNE_BENCH_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/models/minilm-l6"));
     let threads = env_usize("KILOTUNE_BENCH_THREADS", 2);
     let rounds = env_usize("KILOTUNE_BENCH_ROUNDS", 5);
     let int8 = std::env::var("KILOTUNE_BENCH_INT8").is_ok_and(|v| v == "1");
     let budget = std::env::var("KILOTUNE_BENCH_BUDGET_MIB").ok().and_then(|v| v.parse::<usize>().ok()).map(|m| m << 20);
     let (batch, seq, rank, iters) = (16usize, 64usize, 8u32, 2usize);
     let file = if int8 { "model.int8.onnx" } else { "model.onnx" };
-    for f in [file, "config.json"] {
-        if !models.join(f).is_file() {
-            return Err(format!("{} is missing (set KILOTUNE_BENCH_MODELS)", models.join(f).display()));
-        }
-    }
+    let models = models_dir(&[file, "config.json"])?;
     let mut torch = Peer::spawn(&repo_root().join("bench/torch_train.py"), &[])?;
     torch.ask(&format!("load {} {threads} {rank}", models.join("config.json").display()))?;
 

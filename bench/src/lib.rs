@@ -77,6 +77,16 @@ impl Drop for Peer {
     }
 }
 
+/// The folder of the benchmark models: `KILOTUNE_BENCH_MODELS`, else `../shared/models/minilm-l6`
+/// beside the repository; an error names the first of `files` it lacks.
+pub fn models_dir(files: &[&str]) -> Result<PathBuf, String> {
+    let models = std::env::var_os("KILOTUNE_BENCH_MODELS").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/models/minilm-l6"));
+    match files.iter().find(|f| !models.join(f).is_file()) {
+        Some(f) => Err(format!("{} is missing (set KILOTUNE_BENCH_MODELS)", models.join(f).display())),
+        None => Ok(models),
+    }
+}
+
 /// The number in environment variable `key`, or `default`.
 pub fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
