@@ -81,6 +81,9 @@ pub enum Error {
     /// [`crate::peft::merge::MergeError`] for the cases).
     #[error(transparent)]
     Merge(#[from] crate::peft::merge::MergeError),
+    /// A checkpoint could not be imported (see [`crate::import::ImportError`] for the cases).
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),

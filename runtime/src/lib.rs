@@ -16,6 +16,7 @@ pub mod delta;
 pub mod error;
 pub mod fingerprint;
 pub mod graph;
+pub mod import;
 pub mod kernels;
 pub mod npy;
 pub mod onnx;

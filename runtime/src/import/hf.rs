@@ -1,0 +1,1 @@
+//! Hugging Face checkpoints: `config.json` + `model.safetensors` → [`super::Checkpoint`].
