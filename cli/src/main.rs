@@ -115,7 +115,7 @@ struct DemoArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
     /// Passes over the labelled snippets for the MiniLM delta.
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: u32,
     /// Reviews SmolLM2 learns from (half as many are held out).
     #[arg(long, value_name = "N", default_value_t = 200, value_parser = clap::value_parser!(u32).range(2..=800))]
