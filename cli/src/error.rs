@@ -49,13 +49,19 @@ pub enum CliError {
     /// The arguments are well-formed but do not fit the model or each other.
     #[error("{0}")]
     Usage(String),
+    /// `train --gate-against`: the new delta did worse on the held-out data, so the old one
+    /// stays and nothing was saved.
+    #[error("{0}")]
+    GateRejected(String),
 }
 
 impl CliError {
-    /// The process exit code: 2 for usage errors (as clap uses for its own), 1 for the rest.
+    /// The process exit code: 2 for usage errors (as clap uses for its own), 3 when the
+    /// evaluation gate kept the old delta, 1 for the rest.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::GateRejected(_) => 3,
             _ => 1,
         }
     }

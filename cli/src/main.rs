@@ -10,6 +10,7 @@ mod demo;
 mod embed;
 mod error;
 mod eval;
+mod gate;
 mod inspect;
 mod merge;
 mod run;
@@ -395,6 +396,8 @@ struct TrainArgs {
     /// Precision of the saved delta.
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     precision: PrecisionChoice,
+    #[command(flatten)]
+    gate: gate::GateArgs,
 }
 
 #[derive(Args, Debug)]

@@ -123,6 +123,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
             ..OptimizerConfig::default()
         },
         memory_budget: args.memory_budget.map(|mib| mib.saturating_mul(1 << 20)),
+        ..TrainConfig::default()
     };
     let head = match (&classes, args.task) {
         (Some(c), _) => TaskHead::Classification {
@@ -203,6 +204,8 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
 
+    outln(out, crate::gate::guard_line(&trainer.guard_stats()))?;
+    crate::gate::check(&args.gate, &trainer, eval_batches.as_deref(), &args.out, out)?;
     let mut delta = trainer.delta();
     delta.summary.epochs = args.epochs;
     delta.summary.eval_metric = last_eval.as_ref().map(headline);

@@ -34,9 +34,12 @@
 //! ```
 
 mod error;
+#[cfg(test)]
+mod fault;
 mod format;
 pub mod peft_interop;
 mod precision;
+mod storage;
 mod store;
 mod validate;
 
@@ -47,4 +50,5 @@ pub use format::{
 };
 pub(crate) use format::hex;
 pub use precision::Precision;
-pub use store::{load, load_with, save, save_with, FsStorage, Storage};
+pub use storage::{FsStorage, Storage};
+pub use store::{load, load_with, recover, recover_with, save, save_with};

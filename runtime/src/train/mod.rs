@@ -5,8 +5,8 @@
 //! outputs where they are cheaper than recomputing) and the gradient of the loss with respect to
 //! the op's output. [`tape`] chains them over the fused graph. The tasks put their loss on top:
 //! [`classify`] and [`regress`] a pooled linear head ([`head`]), [`causal_lm`] next-token
-//! cross-entropy through the model's own LM head. [`trainer`] runs the steps and
-//! [`evaluate`] scores a delta, in training or from a saved file.
+//! cross-entropy through the model's own LM head. [`trainer`] runs the steps, [`guard`] keeps
+//! bad steps out of the delta, and [`evaluate`] scores a delta, in training or from a saved file.
 //!
 //! Frozen weights (f32 or dequantized int8) never receive a gradient: only the input gradient
 //! flows through them, as in candle and burn.
@@ -17,6 +17,7 @@ pub mod causal_lm;
 pub mod checkpoint;
 pub mod classify;
 pub mod evaluate;
+pub mod guard;
 pub mod head;
 pub mod optim;
 pub mod regress;

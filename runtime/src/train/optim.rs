@@ -201,6 +201,9 @@ pub enum StepOutcome {
         /// The global norm as computed (NaN or ∞).
         grad_norm: f64,
     },
+    /// Never returned by [`Optimizer::step`]: a trainer reports it for a step whose loss its
+    /// guard refused before the optimizer could run (see [`super::guard`]).
+    NotRun,
 }
 
 /// Per-group optimizer state: AdamW's moments, or SGD's momentum buffer in `first`.

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::evaluate::{evaluate_task, task_outputs};
+use super::evaluate::{evaluate_task, task_outputs, TaskSession};
+use super::guard::{BadStep, GateDecision, Guard, GuardAction, GuardConfig, GuardStats, InjectedFault, LossCheck};
 use super::head::{PooledHead, REGRESSION_POOLING};
 use super::optim::{OptimizerConfig, Optimizer, ParamGroup, StepOutcome};
 use super::{causal_lm, classify, regress};
@@ -41,6 +42,9 @@ pub struct TrainConfig {
     /// same gradients bit for bit. The first step with a budget checkpoints and measures what a
     /// plain step would keep; later steps checkpoint only when their batch would go over.
     pub memory_budget: Option<usize>,
+    /// When a step is skipped and when the trainer rolls back to its last good parameters
+    /// (see [`super::guard`]).
+    pub guard: GuardConfig,
 }
 
 /// What one training step did.
@@ -48,8 +52,10 @@ pub struct TrainConfig {
 pub struct StepReport {
     /// Loss before the update.
     pub loss: f32,
-    /// What the optimizer did.
+    /// What the optimizer did ([`StepOutcome::NotRun`] when the guard refused the loss).
     pub outcome: StepOutcome,
+    /// What the guard did: whether the update stayed, or the step was skipped or rolled back.
+    pub guard: GuardAction,
 }
 
 /// A trainable parameter tensor of the delta.
@@ -82,6 +88,20 @@ pub struct Trainer {
     /// Activation bytes per token of a step without checkpointing, once measured.
     bytes_per_token: Option<f64>,
     last_usage: super::checkpoint::Usage,
+    threads: usize,
+    guard: Guard,
+    /// The parameters and optimizer state a rollback returns to.
+    last_good: LastGood,
+    /// Test-only faults by step, see [`Trainer::inject_fault`].
+    faults: Vec<(u64, InjectedFault)>,
+}
+
+/// A copy of the trainable values (the parameters, then the head's weight and bias) and of the
+/// optimizer, taken before each good step's update.
+#[derive(Clone, Debug)]
+struct LastGood {
+    values: Vec<Vec<f32>>,
+    optimizer: Optimizer,
 }
 
 impl Trainer {
@@ -95,6 +115,7 @@ impl Trainer {
     /// bias-free `Linear`s, RMSNorm) is an [`Error::Config`] rather than an empty delta.
     pub fn new(base: Arc<Base>, method: PeftMethod, task: TaskHead, config: TrainConfig) -> Result<Trainer> {
         config.optimizer.validate()?;
+        config.guard.validate()?;
         task.validate()?;
         let mut rng = Rng::new(config.seed);
         let mut params = Vec::new();
@@ -155,6 +176,7 @@ impl Trainer {
             TaskHead::Regression { outputs } => Some(new_head(&base, &mut rng, outputs as usize, REGRESSION_POOLING)?),
             TaskHead::CausalLm => None,
         };
+        let optimizer = Optimizer::new(config.optimizer)?;
         let mut t = Trainer {
             session: Session::new(base.clone(), SessionConfig { threads: config.threads })?,
             base,
@@ -162,7 +184,8 @@ impl Trainer {
             task,
             params,
             head,
-            optimizer: Optimizer::new(config.optimizer)?,
+            last_good: LastGood { values: Vec::new(), optimizer: optimizer.clone() },
+            optimizer,
             steps: 0,
             last_loss: None,
             memory_budget: config.memory_budget,
@@ -170,12 +193,17 @@ impl Trainer {
             pieces: None,
             bytes_per_token: None,
             last_usage: super::checkpoint::Usage::default(),
+            threads: config.threads,
+            guard: Guard::new(config.guard),
+            faults: Vec::new(),
         };
+        t.keep_as_good();
         t.refresh()?;
         Ok(t)
     }
 
-    /// The delta as it stands now (parameters, head, summary), ready to save.
+    /// The delta as it stands now (parameters, head, summary), ready to save. The guard keeps
+    /// every value finite: an update that made one non-finite has been rolled back.
     pub fn delta(&self) -> Delta {
         let mut tensors: Vec<NamedTensor> = self.params.iter().map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect();
         if let Some(h) = &self.head {
@@ -231,6 +259,11 @@ impl Trainer {
     }
 
     /// One optimization step on `batch`, whose targets must fit the trainer's task.
+    ///
+    /// The guard ([`super::guard`]) checks the step: a non-finite loss or gradient skips it, a
+    /// loss spike, a non-finite parameter after the update, or the third bad step in a row
+    /// rolls the trainer back to its last good parameters and optimizer state. The report
+    /// says which; [`Trainer::guard_stats`] counts them.
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
         let (t, where_) = self.trainables();
         self.set_dropout(&t);
@@ -265,21 +298,144 @@ impl Trainer {
             };
             grads.push(g.unwrap_or_else(|| vec![0.0; p.values.len()]));
         }
+        self.bytes_per_token = Some(r.usage.full as f64 / tokens.max(1) as f64);
+        self.last_usage = r.usage;
+        let fault = self.take_fault();
+        let loss = match fault {
+            Some(InjectedFault::NanLoss) => f32::NAN,
+            // Finite, and far above any average of good losses plus the margin.
+            Some(InjectedFault::LossSpike) => 1e3 * (r.loss.abs() + 1.0),
+            _ => r.loss,
+        };
+        if fault == Some(InjectedFault::NanGradient) {
+            if let Some(g) = grads.iter_mut().find_map(|g| g.first_mut()) {
+                *g = f32::NAN;
+            }
+        }
+        self.steps += 1;
+
+        let (outcome, guard) = match self.guard.check_loss(loss) {
+            LossCheck::NonFinite => (StepOutcome::NotRun, self.bad_step(BadStep::NonFiniteLoss)),
+            LossCheck::Spike => (StepOutcome::NotRun, self.bad_step(BadStep::LossSpike)),
+            LossCheck::Good => {
+                // These parameters gave a good loss and good gradients: they are the ones a
+                // rollback returns to. (With a bad gradient the optimizer skips the step.)
+                let finite = |g: &[f32]| g.iter().all(|x| x.is_finite());
+                if grads.iter().all(|g| finite(g)) && finite(&r.head_weight) && finite(&r.head_bias) {
+                    self.keep_as_good();
+                }
+                let outcome = self.apply(&grads, &r.head_weight, &r.head_bias)?;
+                if fault == Some(InjectedFault::NanParameter) {
+                    if let Some(v) = self.params.iter_mut().find_map(|p| p.values.first_mut()) {
+                        *v = f32::NAN;
+                    }
+                }
+                let guard = match outcome {
+                    StepOutcome::Applied { .. } if !self.all_finite() => self.bad_step(BadStep::NonFiniteParameter),
+                    StepOutcome::Applied { .. } => {
+                        self.guard.good(loss);
+                        self.last_loss = Some(loss);
+                        GuardAction::Passed
+                    }
+                    StepOutcome::SkippedNonFinite { .. } | StepOutcome::NotRun => self.bad_step(BadStep::NonFiniteGradient),
+                };
+                (outcome, guard)
+            }
+        };
+        self.refresh()?;
+        Ok(StepReport { loss, outcome, guard })
+    }
+
+    /// Applies one optimizer update with these gradients (the parameters' in order, then the
+    /// head's).
+    fn apply(&mut self, grads: &[Vec<f32>], head_weight: &[f32], head_bias: &[f32]) -> Result<StepOutcome> {
         let mut groups: Vec<ParamGroup<'_>> = Vec::with_capacity(self.params.len() + 2);
-        for (p, g) in self.params.iter_mut().zip(&grads) {
+        for (p, g) in self.params.iter_mut().zip(grads) {
             groups.push(ParamGroup { name: &p.name, values: &mut p.values, grads: g, decay: p.decay });
         }
         if let Some(h) = &mut self.head {
-            groups.push(ParamGroup { name: "head.weight", values: &mut h.weight, grads: &r.head_weight, decay: true });
-            groups.push(ParamGroup { name: "head.bias", values: &mut h.bias, grads: &r.head_bias, decay: false });
+            groups.push(ParamGroup { name: "head.weight", values: &mut h.weight, grads: head_weight, decay: true });
+            groups.push(ParamGroup { name: "head.bias", values: &mut h.bias, grads: head_bias, decay: false });
         }
-        let outcome = self.optimizer.step(&mut groups)?;
-        self.bytes_per_token = Some(r.usage.full as f64 / tokens.max(1) as f64);
-        self.last_usage = r.usage;
-        self.steps += 1;
-        self.last_loss = Some(r.loss);
-        self.refresh()?;
-        Ok(StepReport { loss: r.loss, outcome })
+        self.optimizer.step(&mut groups)
+    }
+
+    /// Every trainable value, in a fixed order: the parameters, then the head's weight and bias.
+    fn values(&self) -> impl Iterator<Item = &Vec<f32>> {
+        let head = self.head.as_ref().map(|h| [&h.weight, &h.bias]);
+        self.params.iter().map(|p| &p.values).chain(head.into_iter().flatten())
+    }
+
+    /// [`Self::values`], to write.
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        let head = self.head.as_mut().map(|h| [&mut h.weight, &mut h.bias]);
+        self.params.iter_mut().map(|p| &mut p.values).chain(head.into_iter().flatten())
+    }
+
+    fn all_finite(&self) -> bool {
+        self.values().all(|v| v.iter().all(|x| x.is_finite()))
+    }
+
+    /// Copies the current values and optimizer state as the last good ones (reusing the
+    /// copy's buffers: this runs before every good step's update).
+    fn keep_as_good(&mut self) {
+        let mut kept = std::mem::take(&mut self.last_good.values);
+        kept.resize_with(self.values().count(), Vec::new);
+        for (dst, src) in kept.iter_mut().zip(self.values()) {
+            dst.clone_from(src);
+        }
+        self.last_good.values = kept;
+        self.last_good.optimizer.clone_from(&self.optimizer);
+    }
+
+    /// Counts a bad step and, when the guard says so, goes back to the last good values and
+    /// optimizer state.
+    fn bad_step(&mut self, why: BadStep) -> GuardAction {
+        let action = self.guard.bad(why);
+        if let GuardAction::RolledBack(_) = action {
+            let kept = std::mem::take(&mut self.last_good.values);
+            for (dst, src) in self.values_mut().zip(&kept) {
+                dst.clone_from(src);
+            }
+            self.last_good.values = kept;
+            self.optimizer.clone_from(&self.last_good.optimizer);
+        }
+        action
+    }
+
+    /// The fault injected for the step about to be counted, if any.
+    fn take_fault(&mut self) -> Option<InjectedFault> {
+        let at = self.faults.iter().position(|&(step, _)| step == self.steps)?;
+        Some(self.faults.swap_remove(at).1)
+    }
+
+    /// Test-only: corrupts step `step` (counting from 0, as [`Trainer::steps`] counts) with
+    /// `fault`, so that tests can check the guard catches it.
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, step: u64, fault: InjectedFault) {
+        self.faults.push((step, fault));
+    }
+
+    /// What the guard has done so far: bad steps by cause, and rollbacks.
+    pub fn guard_stats(&self) -> GuardStats {
+        self.guard.stats()
+    }
+
+    /// The evaluation gate: evaluates this trainer's delta and `old` (the delta it would
+    /// replace) on the same `held_out` batches and accepts the new one only if its loss is
+    /// finite and no higher.
+    ///
+    /// `old` must be for this trainer's base and task (the same head), or the two losses
+    /// would not measure the same thing: otherwise an [`Error::Delta`] (another base) or an
+    /// [`Error::Config`] (another task).
+    pub fn accept_if_better(&self, held_out: &[Batch], old: &Delta) -> Result<GateDecision> {
+        old.check_base(&self.base.fingerprint())?;
+        if old.head.as_ref() != Some(&self.task) {
+            return Err(Error::Config(format!("the old delta's task {:?} is not this trainer's {:?}: their losses do not compare", old.head, self.task)));
+        }
+        let new = self.evaluate(held_out)?;
+        let old = TaskSession::new(self.base.clone(), old, SessionConfig { threads: self.threads })?.evaluate(held_out)?;
+        Ok(GateDecision::judge(new, old))
     }
 
     /// The task's loss and measure over `batches` (accuracy, perplexity or MSE; see
