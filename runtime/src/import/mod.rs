@@ -281,3 +281,40 @@ pub fn to_model(checkpoint: &Checkpoint, precision: ImportPrecision) -> Result<M
 pub fn to_onnx(checkpoint: &Checkpoint, precision: ImportPrecision) -> Result<Vec<u8>> {
     crate::onnx::write::encode_model(&to_model(checkpoint, precision)?)
 }
+
+/// Initializers at least this large move to the external data file of [`split_external_data`];
+/// smaller ones (biases, norms, shape constants) stay in the model.
+pub const EXTERNAL_MIN_BYTES: usize = 1024;
+
+/// Where each tensor starts in an external data file: a multiple of 64 KiB, the largest
+/// mapping granularity ONNX Runtime meets (Windows), so every tensor can be memory-mapped.
+pub const EXTERNAL_ALIGN: usize = 64 << 10;
+
+/// Moves the data of every initializer of at least [`EXTERNAL_MIN_BYTES`] out of `model` into
+/// one buffer, returned, to be written as the file `location` beside the model (ONNX external
+/// data: each tensor records `location`, `offset` and `length`). Protobuf caps a message at
+/// 2 GiB, so models above that must be written this way for ONNX Runtime to load them.
+///
+/// `location` must be a plain file name (kilotune and ONNX Runtime resolve it in the model's
+/// folder); anything else is an [`ImportError::Config`].
+pub fn split_external_data(model: &mut ModelProto, location: &str) -> Result<Vec<u8>> {
+    let plain = !location.is_empty() && location != "." && location != ".." && !location.contains(['/', '\\', '\0']);
+    if !plain {
+        return Err(ImportError::Config(format!("external data location `{location}` is not a plain file name")).into());
+    }
+    let big = |t: &crate::onnx::proto::TensorProto| t.raw_data.len() >= EXTERNAL_MIN_BYTES;
+    let total: usize = model.graph.initializer.iter().filter(|t| big(t)).map(|t| t.raw_data.len() + EXTERNAL_ALIGN).sum();
+    let mut data = Vec::with_capacity(total);
+    for t in model.graph.initializer.iter_mut().filter(|t| big(t)) {
+        data.resize(data.len().next_multiple_of(EXTERNAL_ALIGN), 0);
+        let raw = std::mem::take(&mut t.raw_data);
+        t.external_data = vec![
+            ("location".into(), location.into()),
+            ("offset".into(), data.len().to_string()),
+            ("length".into(), raw.len().to_string()),
+        ];
+        t.data_location = 1;
+        data.extend_from_slice(&raw);
+    }
+    Ok(data)
+}

@@ -377,3 +377,29 @@ fn bert_fuses_and_int8_stays_close() {
     // LayerNorm output is O(1); per-channel int8 weights and u8 activations move it by a few 1e-2.
     assert!(d < 0.1, "int8 vs f32: max |Δ| {d}");
 }
+
+#[test]
+fn external_data_loads_like_the_inline_model() {
+    let c = llama(true);
+    let (_, inline) = run(&c, ImportPrecision::F32);
+    let mut model = to_model(&c, ImportPrecision::F32).unwrap();
+    let data = split_external_data(&mut model, "m.onnx.data").unwrap();
+    let moved: Vec<_> = model.graph.initializer.iter().filter(|t| t.data_location == 1).collect();
+    assert!(moved.len() >= 15, "every Linear weight moves out");
+    for t in &moved {
+        let offset: usize = t.external_data[1].1.parse().unwrap();
+        assert_eq!(offset % EXTERNAL_ALIGN, 0, "{}", t.name);
+        assert!(t.raw_data.is_empty());
+    }
+    let d = Scratch::new("external");
+    d.write("m.onnx", crate::onnx::write::encode_model(&model).unwrap());
+    d.write("m.onnx.data", &data);
+    let base = Base::load(d.path().join("m.onnx"), LoadOptions::default()).unwrap();
+    let s = Session::new(base, SessionConfig { threads: 1 }).unwrap();
+    let out = s.run(&feeds(&["input_ids", "attention_mask"], 2, 5, 40)).unwrap();
+    assert_eq!(out.0[0].1.to_f32_vec(), inline);
+    for bad in ["", "../m.data", "a/b.data"] {
+        let mut m = to_model(&c, ImportPrecision::F32).unwrap();
+        assert!(matches!(split_external_data(&mut m, bad), Err(Error::Import(ImportError::Config(_)))), "{bad}");
+    }
+}
