@@ -1,5 +1,6 @@
 //! `kilotune`: inspect, run, embed, train and evaluate with ONNX transformer models on the CPU;
-//! merge deltas into models and move deltas to and from PEFT.
+//! merge deltas into models and move deltas to and from PEFT; import Hugging Face and GGUF
+//! checkpoints as ONNX.
 //!
 //! This file holds only the command-line surface (clap definitions) and the dispatch; each
 //! subcommand's logic lives in its own module and returns a typed [`CliError`].
@@ -11,6 +12,7 @@ mod embed;
 mod error;
 mod eval;
 mod gate;
+mod import;
 mod inspect;
 mod merge;
 mod run;
@@ -102,6 +104,84 @@ beside the unmerged delta on a probe batch; the largest difference is printed.",
         after_help = "Examples:\n  kilotune delta inspect user.ktd\n  kilotune delta export user.ktd --out adapter/ --without-head\n  kilotune delta import adapter/ --model model.onnx --out user.ktd"
     )]
     Delta(DeltaCommand),
+    /// Convert a Hugging Face checkpoint folder or a GGUF file into a standard ONNX model.
+    #[command(
+        subcommand,
+        long_about = "Convert a Hugging Face checkpoint folder or a GGUF file into a standard ONNX model.\n\n\
+Supported: BERT encoders (BertModel, and the encoder of BertFor* task models) and Llama decoders\n\
+(LlamaForCausalLM). The ONNX model has the inputs and outputs of a torch.onnx export\n\
+(input_ids, attention_mask[, token_type_ids] → last_hidden_state or logits), loads in kilotune\n\
+with every layer fused (so LoRA targets like query,value or q_proj,v_proj work) and in ONNX Runtime.",
+        after_help = "Examples:\n  kilotune import hf all-MiniLM-L6-v2/ --out minilm/model.onnx\n  kilotune import hf TinyLlama/ --out tinyllama/model.int8.onnx --int8\n  kilotune import gguf model.gguf --out llama/model.onnx --tokenizer-out llama/tokenizer.json"
+    )]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// Convert a Hugging Face folder (config.json + model.safetensors) into ONNX.
+    #[command(
+        long_about = "Convert a Hugging Face folder into ONNX.\n\n\
+The folder holds config.json and model.safetensors (or shards listed by\n\
+model.safetensors.index.json); f32, f16 and bf16 weights are read. Its tokenizer.json, if any,\n\
+is copied beside the output (see --tokenizer-out, --no-tokenizer).",
+        after_help = "Example:\n  kilotune import hf all-MiniLM-L6-v2/ --out minilm/model.onnx --int8"
+    )]
+    Hf(ImportHfArgs),
+    /// Convert a llama.cpp GGUF file (Llama architecture) into ONNX.
+    #[command(
+        long_about = "Convert a llama.cpp GGUF file (Llama architecture) into ONNX.\n\n\
+Weights are dequantized to f32 (then written as f32, or int8 with --int8). A tokenizer the file\n\
+carries is written as tokenizer.json beside the output (see --tokenizer-out, --no-tokenizer).",
+        after_help = "Example:\n  kilotune import gguf tinyllama.Q8_0.gguf --out tinyllama/model.onnx --tokenizer-out tinyllama/tokenizer.json"
+    )]
+    Gguf(ImportGgufArgs),
+}
+
+/// Where and how an import writes its model.
+#[derive(Args, Debug)]
+struct ImportOutputArgs {
+    /// The ONNX file to write; replaced atomically (temporary file, fsync, rename).
+    #[arg(long, value_name = "FILE.onnx")]
+    out: PathBuf,
+    /// Write Linear weights as int8 (symmetric, per output channel) in ONNX Runtime's dynamic
+    /// form (DynamicQuantizeLinear + MatMulInteger): a quarter of the f32 size.
+    #[arg(long)]
+    int8: bool,
+    /// Where to write tokenizer.json [default: beside --out, as tokenizer.json].
+    #[arg(long, value_name = "FILE")]
+    tokenizer_out: Option<PathBuf>,
+    /// Do not write tokenizer.json.
+    #[arg(long, conflicts_with = "tokenizer_out")]
+    no_tokenizer: bool,
+    /// Write the weights to FILE.onnx.data beside the model (ONNX external data). Chosen
+    /// automatically above 2 GB of weights, protobuf's limit, which ONNX Runtime enforces.
+    #[arg(long)]
+    external_data: bool,
+    /// Do not load the written model to report what kilotune fuses it into.
+    #[arg(long)]
+    no_check: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ImportHfArgs {
+    /// The checkpoint folder: config.json, model.safetensors, and optionally tokenizer.json.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    output: ImportOutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct ImportGgufArgs {
+    /// The GGUF file (version 3, Llama architecture).
+    #[arg(value_name = "FILE.gguf")]
+    file: PathBuf,
+    #[command(flatten)]
+    output: ImportOutputArgs,
 }
 
 #[derive(Args, Debug)]
@@ -524,6 +604,8 @@ fn main() -> ExitCode {
         Command::Delta(DeltaCommand::Export(a)) => delta::export(&a, &mut out),
         Command::Delta(DeltaCommand::Import(a)) => delta::import(&a, &mut out),
         Command::Delta(DeltaCommand::Convert(a)) => delta::convert(&a, &mut out),
+        Command::Import(ImportCommand::Hf(a)) => import::hf(&a, &mut out),
+        Command::Import(ImportCommand::Gguf(a)) => import::gguf(&a, &mut out),
     };
     let result = result.and_then(|()| out.flush().map_err(CliError::Stdout));
     match result {

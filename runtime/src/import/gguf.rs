@@ -65,3 +65,4 @@ impl From<GgufError> for Error {
         Error::Import(ImportError::Gguf(e))
     }
 }
+
