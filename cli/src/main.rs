@@ -11,6 +11,7 @@ mod error;
 mod eval;
 mod inspect;
 mod merge;
+mod report;
 mod run;
 mod train;
 
@@ -361,6 +362,10 @@ struct TrainArgs {
     /// Precision of the saved delta.
     #[arg(long, value_enum, default_value_t = PrecisionChoice::F32)]
     precision: PrecisionChoice,
+    /// Write the loss and evaluation curves (SVG) and a page showing them with the run's
+    /// settings (DIR/index.html) to this folder, created if missing; rewritten after each epoch.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
