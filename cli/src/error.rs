@@ -32,6 +32,14 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    /// A training report's chart could not be drawn.
+    #[error("cannot draw {file}: {reason}")]
+    Plot {
+        /// The chart file it was meant for.
+        file: PathBuf,
+        /// The plotting library's message.
+        reason: String,
+    },
     /// Writing to standard output failed (other than the reader going away).
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),

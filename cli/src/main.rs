@@ -15,6 +15,7 @@ mod gate;
 mod import;
 mod inspect;
 mod merge;
+mod report;
 mod run;
 mod train;
 
@@ -478,6 +479,10 @@ struct TrainArgs {
     precision: PrecisionChoice,
     #[command(flatten)]
     gate: gate::GateArgs,
+    /// Write the loss and evaluation curves (SVG) and a page showing them with the run's
+    /// settings (DIR/index.html) to this folder, created if missing; rewritten after each epoch.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

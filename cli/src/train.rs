@@ -14,6 +14,7 @@ use kilotune::Base;
 use crate::data::{self, Classes, Encoded, LabelKind, Labels};
 use crate::embed::{FeedPlan, TextTokenizer};
 use crate::error::{CliError, Result};
+use crate::report::{EpochRecord, Finished, ReportDir, RunConfig, TrainLog};
 use crate::{BitFitChoice, Method, PoolingChoice, Task, TrainArgs};
 
 /// The share of all steps spent warming the learning rate up.
@@ -30,6 +31,8 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
                 .into(),
         ));
     }
+    // Before any slow work: a report folder that cannot be written must not cost a run.
+    let report_dir = args.report.as_deref().map(ReportDir::create).transpose()?;
     let kind = match args.task {
         Task::Classify => LabelKind::Class,
         Task::Regress => LabelKind::Number,
@@ -147,6 +150,17 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         ),
     )?;
     out.flush().map_err(CliError::Stdout)?;
+    let config = RunConfig::new(
+        args,
+        train_set.len(),
+        steps_per_epoch,
+        warmup_steps,
+        trainer.parameter_count(),
+    );
+    let mut log = TrainLog::new(config);
+    if let Some(dir) = &report_dir {
+        dir.write(&log)?;
+    }
 
     let eval_batches = match &eval_set {
         Some(set) => Some(set.batches(&(0..set.len()).collect::<Vec<_>>(), batch, &tok, &feeds)?),
@@ -154,7 +168,6 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     };
 
     let interactive = std::io::stderr().is_terminal();
-    let mut last_eval = None;
     for epoch in 0..args.epochs {
         let order = data::shuffled(train_set.len(), args.seed, epoch);
         let batches = train_set.batches(&order, batch, &tok, &feeds)?;
@@ -175,6 +188,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         let (mut loss_sum, mut seen) = (0f64, 0usize);
         for b in &batches {
             let report = trainer.step(b)?;
+            log.step_losses.push(report.loss);
             loss_sum += f64::from(report.loss) * b.rows() as f64;
             seen += b.rows();
             let rate = seen as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9);
@@ -186,21 +200,35 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         }
         bar.finish_and_clear();
         let secs = t_epoch.elapsed().as_secs_f64();
+        let train_loss = loss_sum / seen.max(1) as f64;
+        let rows_per_sec = seen as f64 / secs.max(1e-9);
         let line = format!(
-            "epoch {}/{}: {} steps, loss {:.4}, {:.1} rows/s, {secs:.2} s",
+            "epoch {}/{}: {} steps, loss {train_loss:.4}, {rows_per_sec:.1} rows/s, {secs:.2} s",
             epoch + 1,
             args.epochs,
             batches.len(),
-            loss_sum / seen.max(1) as f64,
-            seen as f64 / secs.max(1e-9)
         );
         // Not eprintln!: a closed stderr must not stop training.
         let _ = writeln!(std::io::stderr(), "{line}");
+        let mut eval = None;
         if let Some(eb) = &eval_batches {
             let e = trainer.evaluate(eb)?;
             outln(out, format!("epoch {}: {}", epoch + 1, describe(&e)))?;
             out.flush().map_err(CliError::Stdout)?;
-            last_eval = Some(e);
+            eval = Some(e);
+        }
+        log.epochs.push(EpochRecord {
+            steps: batches.len(),
+            train_loss,
+            rows_per_sec,
+            secs,
+            eval,
+        });
+        if let Some(dir) = &report_dir {
+            // The run matters more than its pictures: warn and go on; the last write reports.
+            if let Err(e) = dir.write(&log) {
+                let _ = writeln!(std::io::stderr(), "warning: report not updated: {e}");
+            }
         }
     }
 
@@ -208,13 +236,23 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     crate::gate::check(&args.gate, &trainer, eval_batches.as_deref(), &args.out, out)?;
     let mut delta = trainer.delta();
     delta.summary.epochs = args.epochs;
-    delta.summary.eval_metric = last_eval.as_ref().map(headline);
+    delta.summary.eval_metric = log
+        .epochs
+        .last()
+        .and_then(|r| r.eval.as_ref())
+        .map(headline);
     let (_, size) = crate::delta::save_sized(&delta, &args.out, args.precision)?;
     outln(out, format!("saved {} ({size} bytes)", args.out.display()))?;
-    outln(
-        out,
-        format!("wall time {:.2} s", t_start.elapsed().as_secs_f64()),
-    )?;
+    let wall_secs = t_start.elapsed().as_secs_f64();
+    if let Some(dir) = &report_dir {
+        log.finished = Some(Finished {
+            delta_bytes: size,
+            wall_secs,
+        });
+        dir.write(&log)?;
+        outln(out, format!("report {}", dir.index().display()))?;
+    }
+    outln(out, format!("wall time {wall_secs:.2} s"))?;
     Ok(())
 }
 

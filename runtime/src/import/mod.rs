@@ -143,12 +143,6 @@ pub enum ImportError {
     Gguf(#[from] gguf::GgufError),
 }
 
-impl From<gguf::GgufError> for crate::Error {
-    fn from(e: gguf::GgufError) -> Self {
-        crate::Error::Import(ImportError::Gguf(e))
-    }
-}
-
 /// Largest size (hidden, vocabulary, positions, ...) a configuration may give; far above any
 /// real model's, it keeps shapes derived from a hostile `config.json` from overflowing.
 const MAX_DIM: usize = 1 << 24;
