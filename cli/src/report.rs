@@ -716,7 +716,7 @@ mod tests {
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '#')
             })
         }
-        let mut elements = Vec::new();
+        let mut elements: Vec<Element> = Vec::new();
         // The open elements, as indices into `elements`.
         let mut open: Vec<usize> = Vec::new();
         let mut roots = 0;
