@@ -194,11 +194,11 @@ pub fn checkpoint(file: &GgufFile<'_>) -> Result<Checkpoint> {
         }
         wanted.push((t, hf, expected));
     }
-    let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
-    for b in 0..c.num_hidden_layers {
-        required.extend(BLOCK_TENSORS.iter().map(|(g, _)| format!("blk.{b}.{g}")));
-    }
-    if let Some(missing) = required.into_iter().find(|n| file.tensor(n).is_none()) {
+    // Checked one name at a time: `block_count` is the file's word, and the first missing block
+    // ends the search long before a huge count could cost anything.
+    let blocks = (0..c.num_hidden_layers).flat_map(|b| BLOCK_TENSORS.iter().map(move |(g, _)| format!("blk.{b}.{g}")));
+    let mut required = ["token_embd.weight".to_string(), "output_norm.weight".to_string()].into_iter().chain(blocks);
+    if let Some(missing) = required.find(|n| file.tensor(n).is_none()) {
         return Err(ImportError::MissingTensor(missing).into());
     }
 
