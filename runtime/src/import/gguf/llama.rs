@@ -181,12 +181,12 @@ fn expected_shape(gguf: &str, c: &LlamaConfig) -> Option<Vec<usize>> {
 /// Builds the Hugging Face checkpoint: every tensor mapped, shape-checked, dequantized, and Q/K
 /// un-permuted. A tensor the mapping does not know is an error rather than silently dropped.
 pub fn checkpoint(file: &GgufFile<'_>) -> Result<Checkpoint> {
-    let c = config(file)?;
+    let c = config(file).map_err(ImportError::from)?;
     let mut wanted: Vec<(&TensorInfo, String, Vec<usize>)> = Vec::with_capacity(file.tensors.len());
     for t in &file.tensors {
         let in_range = !t.name.starts_with("blk.") || block_index(&t.name).is_some_and(|b| b < c.num_hidden_layers);
         let (Some(hf), Some(expected), true) = (hf_name(&t.name), expected_shape(&t.name, &c), in_range) else {
-            return Err(GgufError::UnmappedTensor { name: t.name.clone() }.into());
+            return Err(ImportError::from(GgufError::UnmappedTensor { name: t.name.clone() }).into());
         };
         let got: Vec<usize> = t.dims.iter().rev().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
         if got != expected {
@@ -206,7 +206,7 @@ pub fn checkpoint(file: &GgufFile<'_>) -> Result<Checkpoint> {
     let tensors = wanted
         .into_par_iter()
         .map(|(t, hf, shape)| -> Result<(String, Tensor)> {
-            let values = file.dequantize(t)?;
+            let values = file.dequantize(t).map_err(ImportError::from)?;
             let values = if hf.ends_with("self_attn.q_proj.weight") {
                 unpermute_rows(&values, shape[0], shape[1], c.num_attention_heads)
             } else if hf.ends_with("self_attn.k_proj.weight") {
