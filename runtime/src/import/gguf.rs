@@ -54,8 +54,9 @@ pub fn read_file(path: &Path) -> Result<GgufImport> {
 /// malformed structure, a non-llama architecture, a tensor type that is not dequantized, a
 /// tensor the mapping does not know, or a tokenizer that is not converted.
 pub fn read_bytes(bytes: &[u8]) -> Result<GgufImport> {
-    let file = GgufFile::parse(bytes)?;
-    let tokenizer_json = tokenizer::tokenizer_json(&file)?;
+    // Through `ImportError`, whose `From` reaches `crate::Error`.
+    let file = GgufFile::parse(bytes).map_err(ImportError::from)?;
+    let tokenizer_json = tokenizer::tokenizer_json(&file).map_err(ImportError::from)?;
     let checkpoint = llama::checkpoint(&file)?;
     Ok(GgufImport { checkpoint, tokenizer_json })
 }

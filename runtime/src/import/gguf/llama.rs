@@ -181,12 +181,12 @@ fn expected_shape(gguf: &str, c: &LlamaConfig) -> Option<Vec<usize>> {
 /// Builds the Hugging Face checkpoint: every tensor mapped, shape-checked, dequantized, and Q/K
 /// un-permuted. A tensor the mapping does not know is an error rather than silently dropped.
 pub fn checkpoint(file: &GgufFile<'_>) -> Result<Checkpoint> {
-    let c = config(file)?;
+    let c = config(file).map_err(ImportError::from)?;
     let mut wanted: Vec<(&TensorInfo, String, Vec<usize>)> = Vec::with_capacity(file.tensors.len());
     for t in &file.tensors {
         let in_range = !t.name.starts_with("blk.") || block_index(&t.name).is_some_and(|b| b < c.num_hidden_layers);
         let (Some(hf), Some(expected), true) = (hf_name(&t.name), expected_shape(&t.name, &c), in_range) else {
-            return Err(GgufError::UnmappedTensor { name: t.name.clone() }.into());
+            return Err(ImportError::from(GgufError::UnmappedTensor { name: t.name.clone() }).into());
         };
         let got: Vec<usize> = t.dims.iter().rev().map(|&d| usize::try_from(d).unwrap_or(usize::MAX)).collect();
         if got != expected {
@@ -194,11 +194,11 @@ pub fn checkpoint(file: &GgufFile<'_>) -> Result<Checkpoint> {
         }
         wanted.push((t, hf, expected));
     }
-    let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
-    for b in 0..c.num_hidden_layers {
-        required.extend(BLOCK_TENSORS.iter().map(|(g, _)| format!("blk.{b}.{g}")));
-    }
-    if let Some(missing) = required.into_iter().find(|n| file.tensor(n).is_none()) {
+    // Checked one name at a time: `block_count` is the file's word, and the first missing block
+    // ends the search long before a huge count could cost anything.
+    let blocks = (0..c.num_hidden_layers).flat_map(|b| BLOCK_TENSORS.iter().map(move |(g, _)| format!("blk.{b}.{g}")));
+    let mut required = ["token_embd.weight".to_string(), "output_norm.weight".to_string()].into_iter().chain(blocks);
+    if let Some(missing) = required.find(|n| file.tensor(n).is_none()) {
         return Err(ImportError::MissingTensor(missing).into());
     }
 
@@ -206,7 +206,7 @@ pub fn checkpoint(file: &GgufFile<'_>) -> Result<Checkpoint> {
     let tensors = wanted
         .into_par_iter()
         .map(|(t, hf, shape)| -> Result<(String, Tensor)> {
-            let values = file.dequantize(t)?;
+            let values = file.dequantize(t).map_err(ImportError::from)?;
             let values = if hf.ends_with("self_attn.q_proj.weight") {
                 unpermute_rows(&values, shape[0], shape[1], c.num_attention_heads)
             } else if hf.ends_with("self_attn.k_proj.weight") {

@@ -247,6 +247,9 @@ fn bad_hyper_parameters() {
     assert_eq!(gguf_err(&g), GgufError::MissingKey { key: "llama.feed_forward_length".into() });
     let g = set(tiny_llama(), "llama.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN));
     assert!(matches!(gguf_err(&g), GgufError::BadConfig { key, .. } if key == "llama.attention.layer_norm_rms_epsilon"));
+    // A huge block count costs nothing: the first missing block is reported.
+    let g = set(tiny_llama(), "llama.block_count", Value::U32(u32::MAX));
+    assert!(matches!(import_err(&g), ImportError::MissingTensor(n) if n == "blk.2.attn_q.weight"));
     // freq_base defaults to 10000, and integers of any width read.
     let g = set(unset(tiny_llama(), "llama.rope.freq_base"), "llama.block_count", Value::U64(LAYERS as u64));
     let Architecture::Llama(c) = read_bytes(&g.bytes()).unwrap().checkpoint.arch else { panic!("not a Llama") };
