@@ -59,8 +59,7 @@ pub fn demo(args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
     let train_rows = embedded_rows(TRAIN, LabelKind::Class, "reviews-train.jsonl")?;
     let test_rows = embedded_rows(TEST, LabelKind::Class, "reviews-test.jsonl")?;
     let say = |out: &mut dyn Write, s: String| -> Result<()> {
-        writeln!(out, "{s}").map_err(CliError::Stdout)?;
-        out.flush().map_err(CliError::Stdout)
+        writeln!(out, "{s}").and_then(|()| out.flush()).map_err(CliError::Stdout)
     };
 
     say(out, format!(
@@ -146,8 +145,7 @@ fn classify(args: &DemoArgs, train_rows: &[Row], test_rows: &[Row], out: &mut dy
     };
     let hits = test_vecs.iter().zip(&test_ids).filter(|(v, &c)| nearest(v) == c).count();
     let before = hits as f32 / test_ids.len().max(1) as f32;
-    writeln!(out, "before: nearest-centroid on the shipped model's sentence embeddings: accuracy {before:.3}")
-        .map_err(CliError::Stdout)?;
+    writeln!(out, "before: nearest-centroid on the shipped model's sentence embeddings: accuracy {before:.3}").and_then(|()| out.flush()).map_err(CliError::Stdout)?;
 
     let (epochs, batch) = (args.epochs as usize, 16);
     let method = PeftMethod::Lora(LoraConfig {
@@ -163,8 +161,7 @@ fn classify(args: &DemoArgs, train_rows: &[Row], test_rows: &[Row], out: &mut dy
     fit(&mut trainer, &train_set, &tok, &feeds, batch, epochs, "MiniLM LoRA", out)?;
     let e = trainer.evaluate(&test_batches)?;
     let after = e.accuracy.unwrap_or(0.0);
-    writeln!(out, "after: LoRA r=8 (query, value) + head, {} trainable parameters: accuracy {after:.3}", trainer.parameter_count())
-        .map_err(CliError::Stdout)?;
+    writeln!(out, "after: LoRA r=8 (query, value) + head, {} trainable parameters: accuracy {after:.3}", trainer.parameter_count()).and_then(|()| out.flush()).map_err(CliError::Stdout)?;
     save(args, &mut trainer, "minilm-reviews.ktd", epochs, &e, out).map(|(bytes, path)| Outcome { before, after, bytes, path })
 }
 
@@ -188,12 +185,11 @@ fn language_model(args: &DemoArgs, train_rows: &[Row], test_rows: &[Row], out: &
     let test_batches = test_set.batches(&(0..test_set.len()).collect::<Vec<_>>(), 8, &tok, &feeds)?;
     // LoRA's B starts at zero, so this is the base model's own perplexity.
     let before = trainer.evaluate(&test_batches)?.perplexity.unwrap_or(f32::NAN);
-    writeln!(out, "before: the shipped model's held-out perplexity {before:.2}").map_err(CliError::Stdout)?;
+    writeln!(out, "before: the shipped model's held-out perplexity {before:.2}").and_then(|()| out.flush()).map_err(CliError::Stdout)?;
     fit(&mut trainer, &train_set, &tok, &feeds, batch, epochs, "SmolLM2 LoRA", out)?;
     let e = trainer.evaluate(&test_batches)?;
     let after = e.perplexity.unwrap_or(f32::NAN);
-    writeln!(out, "after: LoRA r=8 (q_proj, v_proj), {} trainable parameters: perplexity {after:.2}", trainer.parameter_count())
-        .map_err(CliError::Stdout)?;
+    writeln!(out, "after: LoRA r=8 (q_proj, v_proj), {} trainable parameters: perplexity {after:.2}", trainer.parameter_count()).and_then(|()| out.flush()).map_err(CliError::Stdout)?;
     save(args, &mut trainer, "smollm2-writing.ktd", epochs, &e, out).map(|(bytes, path)| Outcome { before, after, bytes, path })
 }
 
@@ -242,8 +238,7 @@ fn fit(
             batches.len(),
             loss / batches.len().max(1) as f64,
             t.elapsed().as_secs_f64()
-        )
-        .map_err(CliError::Stdout)?;
+        ).and_then(|()| out.flush()).map_err(CliError::Stdout)?;
     }
     Ok(())
 }
@@ -259,7 +254,7 @@ fn save(args: &DemoArgs, trainer: &mut Trainer, name: &str, epochs: usize, e: &E
     });
     let path = args.out.join(name);
     let (_, bytes) = crate::delta::save_sized(&delta, &path, PrecisionChoice::F32)?;
-    writeln!(out, "saved {} ({bytes} bytes)", path.display()).map_err(CliError::Stdout)?;
+    writeln!(out, "saved {} ({bytes} bytes)", path.display()).and_then(|()| out.flush()).map_err(CliError::Stdout)?;
     Ok((bytes, path))
 }
 
