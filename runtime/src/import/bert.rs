@@ -73,13 +73,7 @@ pub(super) fn build(cfg: &BertConfig, w: &Weights<'_>, mut b: Builder) -> Result
         let kt = b.node(&s, "Transpose", &[&k], vec![attr_ints("perm", &[0, 2, 3, 1])]);
         let v = b.node(&s, "Reshape", &[&v, &per_head], vec![]);
         let v = b.node(&s, "Transpose", &[&v], vec![attr_ints("perm", &[0, 2, 1, 3])]);
-        let scores = b.node(&s, "MatMul", &[&q, &kt], vec![]);
-        let scores = b.node(&s, "Mul", &[&scores, &scale], vec![]);
-        let scores = b.node(&s, "Add", &[&scores, &mask], vec![]);
-        let probs = b.node(&s, "Softmax", &[&scores], vec![attr_int("axis", -1)]);
-        let ctx = b.node(&s, "MatMul", &[&probs, &v], vec![]);
-        let ctx = b.node(&s, "Transpose", &[&ctx], vec![attr_ints("perm", &[0, 2, 1, 3])]);
-        let ctx = b.node(&s, "Reshape", &[&ctx, &merged], vec![]);
+        let ctx = b.attention(&s, &q, &kt, &v, &scale, &mask, &merged);
 
         let o = format!("{p}.attention.output");
         let y = lin(&mut b, &format!("{o}.dense"), &ctx, h, h)?;

@@ -124,6 +124,21 @@ impl Builder {
         self.node_n(module, op, inputs, attribute, 1).remove(0)
     }
 
+    /// Scaled dot-product attention over per-head `q` [b, heads, s, d], `kt` [b, heads, d, s]
+    /// and `v` [b, heads, s, d]: `softmax(q·kt × scale + mask) · v`, with the heads merged back
+    /// to [b, s, hidden] by the shape `merged`. The pattern both exporters write, which the
+    /// engine fuses into one `Attention`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attention(&mut self, module: &str, q: &str, kt: &str, v: &str, scale: &str, mask: &str, merged: &str) -> String {
+        let scores = self.node(module, "MatMul", &[q, kt], vec![]);
+        let scores = self.node(module, "Mul", &[&scores, scale], vec![]);
+        let scores = self.node(module, "Add", &[&scores, mask], vec![]);
+        let probs = self.node(module, "Softmax", &[&scores], vec![attr_int("axis", -1)]);
+        let ctx = self.node(module, "MatMul", &[&probs, v], vec![]);
+        let ctx = self.node(module, "Transpose", &[&ctx], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        self.node(module, "Reshape", &[&ctx, merged], vec![])
+    }
+
     /// Adds an initializer under `name` (a Hugging Face name where there is one).
     pub(super) fn init(&mut self, name: &str, t: &Tensor) -> String {
         self.inits.push(tensor_to_proto(name, t));

@@ -113,13 +113,7 @@ pub(super) fn build(cfg: &LlamaConfig, w: &Weights<'_>, mut b: Builder) -> Resul
         let k = repeat_kv(&mut b, &s, k);
         let v = repeat_kv(&mut b, &s, v);
         let kt = b.node(&s, "Transpose", &[&k], vec![attr_ints("perm", &[0, 1, 3, 2])]);
-        let scores = b.node(&s, "MatMul", &[&q, &kt], vec![]);
-        let scores = b.node(&s, "Mul", &[&scores, &scale], vec![]);
-        let scores = b.node(&s, "Add", &[&scores, &mask], vec![]);
-        let probs = b.node(&s, "Softmax", &[&scores], vec![attr_int("axis", -1)]);
-        let ctx = b.node(&s, "MatMul", &[&probs, &v], vec![]);
-        let ctx = b.node(&s, "Transpose", &[&ctx], vec![attr_ints("perm", &[0, 2, 1, 3])]);
-        let ctx = b.node(&s, "Reshape", &[&ctx, &merged], vec![]);
+        let ctx = b.attention(&s, &q, &kt, &v, &scale, &mask, &merged);
         let o = lin(&mut b, &format!("{s}.o_proj"), &ctx, h, heads * head_dim)?;
         x = b.node(&p, "Add", &[&x, &o], vec![]);
 

@@ -142,9 +142,9 @@ const TYPE_NAMES: [&str; 13] = ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "
 const MIN_SIZES: [u64; 13] = [1, 1, 2, 2, 4, 4, 4, 1, 8, 12, 8, 8, 8];
 
 impl Value {
-    /// The GGUF name of the value's type (`"u32"`, `"array"`).
-    pub fn type_name(&self) -> &'static str {
-        TYPE_NAMES[match self {
+    /// The GGUF type id of the value (`4` for u32, `9` for an array), as the file writes it.
+    pub fn type_id(&self) -> u32 {
+        match self {
             Value::U8(_) => 0,
             Value::I8(_) => 1,
             Value::U16(_) => 2,
@@ -158,7 +158,12 @@ impl Value {
             Value::U64(_) => 10,
             Value::I64(_) => 11,
             Value::F64(_) => 12,
-        }]
+        }
+    }
+
+    /// The GGUF name of the value's type (`"u32"`, `"array"`).
+    pub fn type_name(&self) -> &'static str {
+        TYPE_NAMES[self.type_id() as usize]
     }
 
     /// The value as an unsigned integer, if it is a non-negative integer of any width.

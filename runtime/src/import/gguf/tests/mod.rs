@@ -61,24 +61,6 @@ pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend(s);
 }
 
-fn type_id(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
-}
-
 fn put_value_body(out: &mut Vec<u8>, v: &Value) {
     match v {
         Value::U8(x) => out.push(*x),
@@ -144,7 +126,7 @@ impl Gguf {
         for (k, v) in &self.kv {
             layout.kv.push(out.len());
             put_str(&mut out, k.as_bytes());
-            out.extend(type_id(v).to_le_bytes());
+            out.extend(v.type_id().to_le_bytes());
             put_value_body(&mut out, v);
         }
         let align = |x: u64| x.div_ceil(self.alignment) * self.alignment;
