@@ -1,5 +1,6 @@
 //! Activations: GELU (exact, erf-based) with the erf polynomial of ONNX Runtime's x86-64
-//! kernels, so int8 models, which quantize the GELU output, round exactly as there.
+//! kernels, so int8 models, which quantize the GELU output, round exactly as there; SiLU and
+//! its input gradient, branch-free and in parallel.
 
 use rayon::prelude::*;
 
@@ -89,9 +90,103 @@ pub fn gelu(x: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| gelu_chunk(x, o));
 }
 
+/// The most negative exponent the sigmoid takes: exp(−87) ≈ 1.6e−38 is still a normal f32.
+/// Below it the libm `exp` and everything after it compute with subnormals, which x86 cores
+/// handle in microcode at ~100× the cost (SmolLM2's gate projections reach −100 and beyond,
+/// and that made SiLU 70% of its forward pass). Clamping changes σ(x) only where it is below
+/// 1.6e−38, so SiLU's output moves by less than |x|·1.6e−38.
+const SIGMOID_FLOOR: f32 = -87.0;
+
+/// σ(x) = 1/(1 + e^−x), branch-free so a loop over it vectorizes: with e = exp(−|x|) ≤ 1 (no
+/// overflow), σ(x) is 1/(1+e) for x ≥ 0 and e/(1+e) below.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    let e = super::softmax::exp_shifted((-x.abs()).max(SIGMOID_FLOOR), 0.0);
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        r
+    } else {
+        e * r
+    }
+}
+
+const CHUNK: usize = 4096;
+
+multiversion! {
+    fn silu_chunk(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v * sigmoid(v);
+        }
+    }
+}
+
+multiversion! {
+    fn silu_backward_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((d, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let s = sigmoid(v);
+            *d = g * s * (1.0 + v * (1.0 - s));
+        }
+    }
+}
+
+/// SiLU, x · σ(x), over a slice, in parallel.
+pub fn silu(x: &[f32], out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "silu: input and output differ in length");
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| silu_chunk(x, o));
+}
+
+/// SiLU's input gradient, `dx = dy · σ(x)·(1 + x·(1 − σ(x)))`, in parallel.
+pub fn silu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert!(x.len() == dy.len() && x.len() == dx.len(), "silu_backward: x, dy and dx differ in length");
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(d, (x, g))| silu_backward_chunk(x, g, d));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sigmoid_and_silu_match_f64_everywhere() {
+        // Relative error against f64 within 4e-7 where σ is not clamped (x ≥ −87), and on the
+        // far tails (σ underflows in f64 terms below −87) the output stays tiny and finite.
+        let xs: Vec<f32> = (-120_000..=120_000).map(|i| i as f32 * 1e-3).collect();
+        let mut out = vec![0.0; xs.len()];
+        silu(&xs, &mut out);
+        for (&x, &y) in xs.iter().zip(&out) {
+            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+            if x >= SIGMOID_FLOOR {
+                let s = 1.0 / (1.0 + (-f64::from(x)).exp());
+                assert!((f64::from(sigmoid(x)) - s).abs() <= 4e-7 * s, "sigmoid({x}) = {} vs {s}", sigmoid(x));
+                assert!((f64::from(y) - want).abs() <= 4e-7 * want.abs() + 1e-37, "silu({x}) = {y} vs {want}");
+            } else {
+                assert!(y.is_finite() && y <= 0.0 && y > -1e-34 && y.is_normal(), "silu({x}) = {y}");
+            }
+        }
+        assert_eq!(sigmoid(f32::INFINITY), 1.0);
+        assert_eq!(silu_of(0.0), 0.0);
+        assert!(silu_of(f32::NAN).is_nan());
+    }
+
+    fn silu_of(x: f32) -> f32 {
+        let mut o = [0.0];
+        silu(&[x], &mut o);
+        o[0]
+    }
+
+    #[test]
+    fn silu_backward_matches_its_formula_in_f64() {
+        let xs: Vec<f32> = (-9000..=9000).map(|i| i as f32 * 1e-2).collect();
+        let dy: Vec<f32> = xs.iter().map(|x| 1.0 + 0.25 * x.sin()).collect();
+        let mut dx = vec![0.0; xs.len()];
+        silu_backward(&xs, &dy, &mut dx);
+        for ((&x, &g), &d) in xs.iter().zip(&dy).zip(&dx) {
+            let s = 1.0 / (1.0 + (-f64::from(x)).exp());
+            let want = f64::from(g) * s * (1.0 + f64::from(x) * (1.0 - s));
+            // Relative to |dy| as well: near x ≈ −1.28 the factor 1 + x·(1 − σ) cancels to 0, and
+            // its f32 rounding (~1e−7 of its unit-size terms) is what remains.
+            assert!((f64::from(d) - want).abs() <= 2e-6 * want.abs() + 1e-6 * f64::from(g).abs(), "dsilu({x}) = {d} vs {want}");
+        }
+    }
 
     #[test]
     fn erf_is_accurate() {

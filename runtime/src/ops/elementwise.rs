@@ -287,7 +287,9 @@ pub fn gelu(x: &Tensor, tanh: bool) -> Result<Tensor> {
 /// SiLU: x · sigmoid(x).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     let v = x.typed::<f32>("Silu input")?;
-    Ok(Tensor::from_parts(x.dims().clone(), v.iter().map(|&x| x * sigmoid(x)).collect()))
+    let mut out = vec![0f32; v.len()];
+    crate::kernels::activation::silu(v, &mut out);
+    Ok(Tensor::from_parts(x.dims().clone(), out))
 }
 
 /// `Where(cond, x, y)` with three-way broadcasting.

@@ -1,7 +1,5 @@
 //! Pointwise activations (exact GELU, SiLU) and row softmax.
 
-use crate::ops::elementwise::sigmoid;
-
 /// 1/√(2π), the standard normal density's constant.
 const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
@@ -36,13 +34,9 @@ crate::kernels::simd::multiversion! {
 /// Panics if `x` and `dy` differ in length.
 pub fn silu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), dy.len(), "silu_backward: x and dy differ in length");
-    x.iter()
-        .zip(dy)
-        .map(|(&x, &g)| {
-            let s = sigmoid(x);
-            g * s * (1.0 + x * (1.0 - s))
-        })
-        .collect()
+    let mut dx = vec![0f32; x.len()];
+    crate::kernels::activation::silu_backward(x, dy, &mut dx);
+    dx
 }
 
 /// Input gradient of softmax over rows of `d` values, given the forward's output `y`.
@@ -71,6 +65,7 @@ pub fn softmax_backward(y: &[f32], dy: &[f32], d: usize) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::kernels::activation::gelu;
+    use crate::ops::elementwise::sigmoid;
     use crate::kernels::softmax::softmax_row;
     use crate::train::backward::gradcheck::{check, dot, Rng};
 

