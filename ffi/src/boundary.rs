@@ -125,7 +125,10 @@ pub fn call_infallible<R>(fallback: R, f: impl FnOnce() -> R) -> R {
 pub fn catch<R>(f: impl FnOnce() -> Result<R, Failure>) -> Result<R, Failure> {
     // The closure only touches the handles it was given; after a panic the caller is told to
     // free them (KT_ERR_PANIC's documentation), so no broken invariant is observed later.
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        injected_panic();
+        f()
+    })) {
         Ok(r) => r,
         Err(payload) => {
             let message = format!("kilotune panicked: {}", panic_message(payload.as_ref()));
@@ -136,6 +139,27 @@ pub fn catch<R>(f: impl FnOnce() -> Result<R, Failure>) -> Result<R, Failure> {
             Err(Failure::new(Status::Panic, message))
         }
     }
+}
+
+/// Set by `kt_test_force_panics` (feature `fault-injection`): every boundary call panics.
+#[cfg(feature = "fault-injection")]
+static FORCE_PANICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Panics when the fault-injection hook asks for it; nothing in normal builds.
+#[inline(always)]
+fn injected_panic() {
+    #[cfg(feature = "fault-injection")]
+    if FORCE_PANICS.load(std::sync::atomic::Ordering::SeqCst) {
+        panic!("forced by the fault-injection hook");
+    }
+}
+
+/// Test builds only (feature `fault-injection`, never in the shipped header): with `on` ≠ 0,
+/// every exported function panics inside its boundary until called again with 0.
+#[cfg(feature = "fault-injection")]
+#[no_mangle]
+pub extern "C" fn kt_test_force_panics(on: u32) {
+    FORCE_PANICS.store(on != 0, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// Checks that `p` is non-null and aligned for `T`.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The binding tests that need more than `cargo test`: the C programs of ffi/tests/c under
-# AddressSanitizer and under valgrind (zero errors, zero leaks), and the Java classes of
-# android/ on the host JVM.
+# AddressSanitizer and under valgrind (zero errors, zero leaks), the Java classes of android/ on
+# the host JVM, and the boundary checks generated from the header (NULL for every pointer
+# argument, a forced panic in every function; ffi/tests/gen_boundary.py).
 #
-#   ffi/tests/run.sh asan | valgrind | java | all
+#   ffi/tests/run.sh asan | valgrind | java | boundary | all
 #
 # Uses the library from `cargo test --workspace --no-run` (test profile, so CI's first stage
 # has already built it); the Java run adds the `jni` feature. Needs gcc, valgrind and a JDK 17.
@@ -71,10 +72,25 @@ java_run() {
     java -Xcheck:jni -Djava.library.path="$lib" -cp "$classes" dev.kilotune.JourneyTest "$fixtures" "$work"
 }
 
+boundary() {
+    echo "-- every exported function: NULL for each pointer argument, and a forced panic (generated from the header; AddressSanitizer)"
+    build_lib --features kilotune-ffi/fault-injection
+    mkdir -p "$work/gen"
+    python3 ffi/tests/gen_boundary.py ffi/include/kilotune.h > "$work/gen/boundary.c"
+    gcc -std=c11 -Wall -Wextra -Werror -g -fsanitize=address -fno-omit-frame-pointer -Iffi/include -Iffi/tests/c \
+        "$work/gen/boundary.c" -L"$lib" -Wl,-rpath,"$lib" -lkilotune_ffi -lpthread -lm -o "$work/boundary"
+    mkdir -p "$work/boundary.d"
+    # RUST_BACKTRACE=0: the forced panics each print one line, not a backtrace.
+    RUST_BACKTRACE=0 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=97 \
+        LSAN_OPTIONS=suppressions=$root/ffi/tests/lsan.supp:print_suppressions=0 \
+        "$work/boundary" "$fixtures" "$work/boundary.d" | tail -n 2
+}
+
 case "${1:-all}" in
     asan) asan ;;
     valgrind) valgrind_run ;;
     java) java_run ;;
-    all) asan; valgrind_run; java_run ;;
-    *) echo "usage: $0 asan|valgrind|java|all" >&2; exit 2 ;;
+    boundary) boundary ;;
+    all) asan; valgrind_run; java_run; boundary ;;
+    *) echo "usage: $0 asan|valgrind|java|boundary|all" >&2; exit 2 ;;
 esac

@@ -28,7 +28,8 @@ pub const KT_PRECISION_INT8: u32 = 2;
 /// thread.
 #[no_mangle]
 pub extern "C" fn kt_version() -> *const c_char {
-    call_infallible(std::ptr::null(), || concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
+    // The fallback is "" rather than NULL: callers pass the result straight to strlen/printf.
+    call_infallible(c"".as_ptr(), || concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast())
 }
 
 /// Why the last failed kilotune call on this thread failed, as a NUL-terminated UTF-8 string

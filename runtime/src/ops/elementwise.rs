@@ -260,14 +260,10 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The logistic function, written to stay finite for large |x|.
+/// The logistic function: finite for every x, and kept out of subnormal arithmetic (see
+/// [`crate::kernels::activation::sigmoid`]).
 pub fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
+    crate::kernels::activation::sigmoid(x)
 }
 
 /// GELU: exact x·Φ(x) = 0.5·x·(1 + erf(x/√2)), or the tanh approximation.
