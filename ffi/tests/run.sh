@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The binding tests that need more than `cargo test`: the C programs of ffi/tests/c under
-# AddressSanitizer and under valgrind (zero errors, zero leaks), the Java classes of android/ on
+# The binding tests that need more than `cargo test`: the C programs of ffi/tests/c (the
+# journey, eight threads agreeing bit for bit, sixteen threads hammering shared and separate
+# handles) under AddressSanitizer and under valgrind (zero errors, zero leaks), the Java classes of android/ on
 # the host JVM, and the boundary checks generated from the header (NULL for every pointer
 # argument, a forced panic in every function; ffi/tests/gen_boundary.py).
 #
@@ -33,7 +34,7 @@ compile() {
 asan() {
     echo "-- C tests under AddressSanitizer (leak checking on)"
     build_lib
-    for t in journey threads; do
+    for t in journey threads hammer; do
         compile "$t" -fsanitize=address -fno-omit-frame-pointer
         mkdir -p "$work/$t.d"
         ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=97 \
@@ -45,7 +46,7 @@ asan() {
 valgrind_run() {
     echo "-- C tests under valgrind (memcheck; every leak kind but 'still reachable' is an error)"
     build_lib
-    for t in journey threads; do
+    for t in journey threads hammer; do
         compile "$t"
         mkdir -p "$work/$t.d"
         local rc=0
