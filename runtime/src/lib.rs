@@ -15,6 +15,8 @@ pub mod base;
 pub mod delta;
 pub mod error;
 pub mod fingerprint;
+#[cfg(test)]
+mod fuzz_seed;
 pub mod graph;
 pub mod import;
 pub mod kernels;

@@ -286,6 +286,16 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "writes fuzz/seeds/delta: cargo test --workspace --lib -- --ignored fuzz_seed"]
+    fn fuzz_seed_delta() {
+        let mut d = tiny();
+        d.tensors.push(NamedTensor::f32("layer.0.lora_B", &[2, 3], vec![0.5, -0.25, 0.0, 1e-3, 7.0, -7.0]));
+        for (p, name) in [(Precision::F32, "f32.ktd"), (Precision::F16, "f16.ktd"), (Precision::Int8, "int8.ktd")] {
+            crate::fuzz_seed::write("delta", name, &to_bytes(&d, p).unwrap());
+        }
+    }
+
+    #[test]
     fn delta_frame_fields_sit_where_the_spec_says() {
         let bytes = to_bytes(&tiny(), Precision::F32).unwrap();
         assert_eq!(&bytes[..8], b"KTDELTA\0");

@@ -406,3 +406,11 @@ fn external_data_loads_like_the_inline_model() {
         assert!(matches!(split_external_data(&mut m, bad), Err(Error::Import(ImportError::Config(_)))), "{bad}");
     }
 }
+
+#[test]
+#[ignore = "writes fuzz/seeds/onnx: cargo test --workspace --lib -- --ignored fuzz_seed"]
+fn fuzz_seed_onnx() {
+    crate::fuzz_seed::write("onnx", "bert.onnx", &to_onnx(&bert(), ImportPrecision::F32).unwrap());
+    crate::fuzz_seed::write("onnx", "bert-int8.onnx", &to_onnx(&bert(), ImportPrecision::Int8).unwrap());
+    crate::fuzz_seed::write("onnx", "llama.onnx", &to_onnx(&llama(true), ImportPrecision::F32).unwrap());
+}

@@ -290,3 +290,16 @@ fn peft_interop_export_refuses_lone_factor_and_bitfit() {
     assert!(matches!(export_peft_adapter(&d, &out, "m."), Err(PeftInteropError::Unsupported { .. })));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+#[ignore = "writes fuzz/seeds/peft_adapter: cargo test --workspace --lib -- --ignored fuzz_seed"]
+fn fuzz_seed_peft_adapter() {
+    for (dtype, name) in [(Dtype::F32, "lora-f32"), (Dtype::F16, "lora-f16")] {
+        let dir = temp_dir();
+        write_adapter_as(&dir, &config(), &good(), dtype);
+        let json = std::fs::read(dir.join(CONFIG_FILE)).unwrap();
+        let weights = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
+        crate::fuzz_seed::write("peft_adapter", name, &crate::fuzz_seed::adapter_input(&json, &weights));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

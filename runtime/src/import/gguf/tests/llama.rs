@@ -304,3 +304,9 @@ fn bad_or_unsupported_tokenizers() {
     let g = set(tiny_llama(), "tokenizer.ggml.tokens", Value::Array(Array::U32(vec![0; 10])));
     assert!(matches!(gguf_err(&g), GgufError::MetadataType { key, .. } if key == "tokenizer.ggml.tokens"));
 }
+
+#[test]
+#[ignore = "writes fuzz/seeds/gguf: cargo test --workspace --lib -- --ignored fuzz_seed"]
+fn fuzz_seed_gguf() {
+    crate::fuzz_seed::write("gguf", "tiny-llama.gguf", &tiny_llama().bytes());
+}
