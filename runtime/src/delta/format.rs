@@ -296,6 +296,18 @@ mod tests {
     }
 
     #[test]
+    fn a_nan_final_loss_round_trips_byte_for_byte() {
+        // Found by the delta fuzz target: a summary's loss may be NaN (a run whose last step was
+        // skipped), which `==` never matches; the file must still re-encode to the same bytes.
+        let mut d = tiny();
+        d.summary.final_loss = Some(f32::NAN);
+        let bytes = to_bytes(&d, Precision::F32).unwrap();
+        let back = from_bytes(&bytes, None, &LoadLimits::default()).unwrap();
+        assert!(back.summary.final_loss.is_some_and(f32::is_nan));
+        assert_eq!(to_bytes(&back, Precision::F32).unwrap(), bytes);
+    }
+
+    #[test]
     fn delta_frame_fields_sit_where_the_spec_says() {
         let bytes = to_bytes(&tiny(), Precision::F32).unwrap();
         assert_eq!(&bytes[..8], b"KTDELTA\0");
