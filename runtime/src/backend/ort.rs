@@ -46,6 +46,15 @@ impl Default for OrtGraph {
     }
 }
 
+/// The library's name when neither the caller nor `ORT_DYLIB_PATH` names a file: the dynamic
+/// loader's search path decides.
+#[cfg(target_os = "windows")]
+const DEFAULT_LIBRARY: &str = "onnxruntime.dll";
+#[cfg(target_os = "macos")]
+const DEFAULT_LIBRARY: &str = "libonnxruntime.dylib";
+#[cfg(not(any(target_os = "windows", target_os = "macos")))]
+const DEFAULT_LIBRARY: &str = "libonnxruntime.so";
+
 /// ONNX Runtime is one library per process: its environment is made once, by the first
 /// session, and shared by every later one.
 static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -53,10 +62,12 @@ static ENVIRONMENT: OnceLock<std::result::Result<ort::environment::Environment, 
 fn environment(library: Option<&Path>) -> Result<&'static ort::environment::Environment> {
     ENVIRONMENT
         .get_or_init(|| {
-            let builder = match library {
-                Some(p) => ort::init_from(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?,
-                None => ort::init(),
+            // `ort::init()` would panic when the library is missing; `init_from` returns an error.
+            let path = match library {
+                Some(p) => p.to_owned(),
+                None => std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| DEFAULT_LIBRARY.into(), std::path::PathBuf::from),
             };
+            let builder = ort::init_from(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             builder.with_name("kilotune").build().map_err(|e| e.to_string())
         })
         .as_ref()

@@ -96,7 +96,10 @@ impl TractSession {
 
     /// Loads the current file with every input fixed to the given shapes and optimizes it.
     fn plan(&self, inputs: &[&Tensor]) -> Result<Plan> {
-        let mut model = tract_onnx::onnx().model_for_read(&mut self.model.as_slice()).map_err(err)?;
+        // The exporters' `value_info` names symbolic dims (`batch`, `seq`) that would clash
+        // with the concrete input facts: tract infers every inner shape again instead.
+        let onnx = tract_onnx::onnx().with_ignore_value_info(true).with_ignore_output_shapes(true);
+        let mut model = onnx.model_for_read(&mut self.model.as_slice()).map_err(err)?;
         for (i, t) in inputs.iter().enumerate() {
             let fact = match t.dtype() {
                 DType::F32 => InferenceFact::dt_shape(f32::datum_type(), t.shape()),
