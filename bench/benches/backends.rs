@@ -93,14 +93,19 @@ fn main() -> Result<(), String> {
         }
         for &batch in &batches {
             let feed = inputs(batch, seq);
-            let iters = if batch == 1 { 10 } else { 2 };
+            let iters = |name: &str| match (name, batch) {
+                // lavapipe runs Vulkan on the CPU, orders of magnitude slower than the others.
+                ("vulkan", _) => 1,
+                (_, 1) => 10,
+                _ => 2,
+            };
             let mut times: Vec<Vec<f64>> = vec![Vec::new(); sessions.len()];
             for (_, s) in &mut sessions {
                 s.run(&feed).map_err(err)?; // warm-up (tract plans its shapes here)
             }
             for _ in 0..rounds {
-                for ((_, s), t) in sessions.iter_mut().zip(&mut times) {
-                    for _ in 0..iters {
+                for ((name, s), t) in sessions.iter_mut().zip(&mut times) {
+                    for _ in 0..iters(name) {
                         let (dt, r) = time(|| s.run(&feed));
                         r.map_err(err)?;
                         t.push(dt);
