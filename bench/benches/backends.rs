@@ -143,11 +143,16 @@ fn switch_benchmark(label: &str, bytes: Arc<[u8]>, base: Arc<Base>, threads: usi
         ort.run_with(Some(p), &feed).map_err(err)?;
     }
     merged.run(&feed).map_err(err)?;
+    // Each kind of run goes in a block of its own, so each finds the caches as a run of its
+    // kind leaves them (alternating two sessions would charge the plain runs for the other's
+    // weights).
     for _ in 0..rounds {
         for _ in 0..10 {
             let (t, r) = time(|| merged.run(&feed));
             r.map_err(err)?;
             plain.push(t);
+        }
+        for _ in 0..10 {
             let (t, r) = time(|| ort.run_with(Some(&pa), &feed));
             r.map_err(err)?;
             same.push(t);
