@@ -41,6 +41,7 @@ impl Plan {
 
     /// For each node, the values that die after it (another executor walking the same graph
     /// frees them at the same points).
+    #[cfg(feature = "vulkan")]
     pub(crate) fn free_lists(&self) -> &[Vec<ValueId>] {
         &self.free_after
     }
