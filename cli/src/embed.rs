@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kilotune::{Base, DType, Session, Tensor};
+use kilotune::{BackendSession, Base, DType, Tensor};
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::error::{CliError, Result};
@@ -26,7 +26,11 @@ pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
     let t_load = Instant::now();
     let base = Base::load(&args.model.model, args.model.load_options(true))?;
     let feeds = FeedPlan::for_model(&base)?;
-    let session = Session::new(base, args.model.session_config())?;
+    let threads = match args.model.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut session = BackendSession::open(&args.model.model, base, &args.backend.config(args.model.threads))?;
     let load_time = t_load.elapsed();
 
     // Without an attention mask the model would attend to padding, and a text's vector would
@@ -94,11 +98,12 @@ pub fn embed(args: &EmbedArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     note(&format!(
-        "embedded {} texts ({tokens} tokens, {} batches) in {:.1} ms on {} threads; load {:.1} ms",
+        "embedded {} texts ({tokens} tokens, {} batches) in {:.1} ms on {} with {} threads; load {:.1} ms",
         vectors.len(),
         batches.len(),
         run_time.as_secs_f64() * 1e3,
-        session.threads(),
+        args.backend.backend,
+        threads,
         load_time.as_secs_f64() * 1e3,
     ));
     Ok(())

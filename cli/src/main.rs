@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use kilotune::{LoadOptions, SessionConfig, WeightFormat};
+use kilotune::{BackendConfig, BackendKind, LoadOptions, SessionConfig, WeightFormat};
 
 use crate::error::CliError;
 
@@ -565,6 +565,31 @@ struct RunArgs {
     /// Run with a user's delta (.ktd) made for this model (LoRA side paths, bias deltas).
     #[arg(long, value_name = "FILE.ktd")]
     delta: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// Which engine runs the model.
+#[derive(Args, Debug)]
+struct BackendArgs {
+    /// The engine: cpu (kilotune's own), ort (ONNX Runtime, opened from ORT_DYLIB_PATH), tract
+    /// or vulkan. Each but cpu is a cargo feature of the same name; a build without it says so.
+    #[arg(long, value_name = "NAME", default_value = "cpu", value_parser = parse_backend)]
+    backend: BackendKind,
+    /// With --backend ort: run the delta merged into the weights instead of the adapter-ready
+    /// graph (the delta as graph inputs).
+    #[arg(long)]
+    merged: bool,
+}
+
+impl BackendArgs {
+    fn config(&self, threads: usize) -> BackendConfig {
+        BackendConfig { backend: self.backend, threads, merged: self.merged, ..BackendConfig::default() }
+    }
+}
+
+fn parse_backend(s: &str) -> std::result::Result<BackendKind, String> {
+    s.parse::<BackendKind>().map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]
@@ -592,6 +617,8 @@ struct EmbedArgs {
     /// Scale each vector to unit length (what sentence-transformers models apply last).
     #[arg(long)]
     normalize: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kilotune::{Base, Session, Tensor};
+use kilotune::{BackendKind, BackendSession, Base, Session, Tensor};
 
 use crate::error::{CliError, Result};
 use crate::inspect::dtype_name;
@@ -42,17 +42,26 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
         feeds.push((name.as_str(), t));
     }
 
-    let session = match &args.delta {
-        Some(path) => {
-            let user = kilotune::delta::load(path, Some(&base.fingerprint()), &Default::default())
-                .map_err(kilotune::Error::from)?;
-            Session::with_delta(base, &user, args.model.session_config())?
-        }
-        None => Session::new(base, args.model.session_config())?,
+    let user = match &args.delta {
+        Some(path) => Some(kilotune::delta::load(path, Some(&base.fingerprint()), &Default::default()).map_err(kilotune::Error::from)?),
+        None => None,
     };
-    let t_run = Instant::now();
-    let outputs = session.run(&feeds)?;
-    let run_time = t_run.elapsed();
+    let config = args.backend.config(args.model.threads);
+    let (outputs, run_time, threads) = if config.backend == BackendKind::Cpu {
+        let session = match &user {
+            Some(user) => Session::with_delta(base, user, args.model.session_config())?,
+            None => Session::new(base, args.model.session_config())?,
+        };
+        let t_run = Instant::now();
+        let outputs = session.run(&feeds)?;
+        (outputs, t_run.elapsed(), session.threads())
+    } else {
+        let mut session = BackendSession::open(&args.model.model, base, &config)?;
+        session.set_delta(user.as_ref())?;
+        let t_run = Instant::now();
+        let outputs = session.run(&feeds)?;
+        (outputs, t_run.elapsed(), args.model.threads)
+    };
 
     std::fs::create_dir_all(&args.out).map_err(|source| CliError::Io {
         action: "cannot create",
@@ -70,10 +79,11 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     }
     writeln!(
         out,
-        "load {:.1} ms, run {:.1} ms on {} threads",
+        "load {:.1} ms, run {:.1} ms on {} ({})",
         load_time.as_secs_f64() * 1e3,
         run_time.as_secs_f64() * 1e3,
-        session.threads()
+        config.backend,
+        if threads == 0 { "threads: the backend's default".to_owned() } else { format!("{threads} threads") }
     )
     .map_err(CliError::Stdout)
 }

@@ -87,6 +87,17 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The backend asked for was not compiled in (its cargo feature is off).
+    #[error("backend `{0}` is not compiled into this build (enable the cargo feature `{0}`)")]
+    BackendUnavailable(&'static str),
+    /// A backend (ONNX Runtime, tract, Vulkan) failed to load or run the model.
+    #[error("backend `{backend}`: {reason}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// Its own message.
+        reason: String,
+    },
 }
 
 /// The crate's result type.

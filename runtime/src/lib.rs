@@ -28,6 +28,7 @@ pub mod session;
 pub mod tensor;
 pub mod train;
 
+pub use backend::{BackendConfig, BackendKind, BackendSession};
 pub use base::{Base, LoadOptions, WeightFormat};
 pub use error::{Error, Result};
 pub use session::{Outputs, Session, SessionConfig};

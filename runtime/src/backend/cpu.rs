@@ -39,6 +39,13 @@ impl Plan {
         Plan { free_after }
     }
 
+    /// For each node, the values that die after it (another executor walking the same graph
+    /// frees them at the same points).
+    #[cfg(feature = "vulkan")]
+    pub(crate) fn free_lists(&self) -> &[Vec<ValueId>] {
+        &self.free_after
+    }
+
     /// Runs the graph on `feeds` (value id, tensor) and returns the graph outputs in order.
     pub fn execute(&self, g: &Graph, feeds: Vec<(ValueId, Tensor)>) -> Result<Vec<Tensor>> {
         self.execute_timed(g, feeds, None)

@@ -383,8 +383,14 @@ pub struct ModelEdit {
     pub insert_after: Vec<(usize, NodeProto)>,
     /// New nodes appended after every existing one.
     pub append_nodes: Vec<NodeProto>,
+    /// New nodes written before every existing one (they may read only graph inputs and
+    /// initializers).
+    pub prepend_nodes: Vec<NodeProto>,
     /// New graph outputs, after the existing ones.
     pub add_outputs: Vec<ValueInfoProto>,
+    /// New graph inputs, after the existing ones (an input that shares its name with an
+    /// initializer is optional: the initializer is its default).
+    pub add_inputs: Vec<ValueInfoProto>,
     /// Model metadata (`metadata_props`) to set: an existing entry with the same key is
     /// dropped, since ONNX requires keys to be unique.
     pub set_metadata: Vec<(String, String)>,
@@ -472,6 +478,11 @@ fn rewrite_graph(e: &mut Encoder, graph: &[u8], edit: &ModelEdit) -> Result<()> 
     while let Some((n, f)) = r.next_field()? {
         match n {
             1 => {
+                if node_index == 0 {
+                    for node in &edit.prepend_nodes {
+                        e.message(1, |m| encode_node(m, node))?;
+                    }
+                }
                 match node_edits.get(&node_index) {
                     Some((ins, outs)) => {
                         let b = f.bytes("node")?;
@@ -508,8 +519,12 @@ fn rewrite_graph(e: &mut Encoder, graph: &[u8], edit: &ModelEdit) -> Result<()> 
     for t in &edit.add_initializers {
         e.message(5, |m| encode_tensor(m, t))?;
     }
-    for node in &edit.append_nodes {
+    let prepend_late = if node_index == 0 { edit.prepend_nodes.as_slice() } else { &[] };
+    for node in prepend_late.iter().chain(&edit.append_nodes) {
         e.message(1, |m| encode_node(m, node))?;
+    }
+    for v in &edit.add_inputs {
+        e.message(11, |m| encode_value_info(m, v))?;
     }
     for v in &edit.add_outputs {
         e.message(12, |m| encode_value_info(m, v))?;

@@ -16,7 +16,7 @@ fn bad(msg: impl Into<String>) -> Error {
 /// PEFT's `target_modules` rule: `module` matches `target` if it equals it or ends with
 /// `"." + target`, so `query` matches `encoder.layer.0.attention.self.query` but not
 /// `encoder.layer.0.attention.self.key_query`.
-fn module_matches(module: &str, target: &str) -> bool {
+pub(crate) fn module_matches(module: &str, target: &str) -> bool {
     module.strip_suffix(target).is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
 }
 

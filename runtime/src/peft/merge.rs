@@ -18,6 +18,7 @@
 //! the initializers that changed are re-encoded, everything else is copied as it was.
 
 mod to_onnx;
+mod adapter_ready;
 #[cfg(test)]
 mod tests;
 
@@ -32,6 +33,7 @@ use crate::kernels::quantize::quantize_weight_per_channel;
 use crate::ops::{Linear, LinearWeight, LoraPatch, Op};
 use crate::peft::apply::{apply_delta, check_base, HEAD_PREFIX};
 
+pub use adapter_ready::{adapter_ready_onnx, AdapterInput, AdapterInputKind, AdapterReady, AdapterReadyConfig};
 pub use to_onnx::{merge_onnx, MergedOnnx, HEAD_OUTPUT, REGRESSION_OUTPUT};
 
 /// Why a delta could not be merged or unmerged.

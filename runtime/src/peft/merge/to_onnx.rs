@@ -43,7 +43,7 @@ pub const HEAD_OUTPUT: &str = "logits";
 pub const REGRESSION_OUTPUT: &str = "predictions";
 
 /// ONNX `DataType` codes written here.
-const FLOAT: i32 = 1;
+pub(super) const FLOAT: i32 = 1;
 const INT8: i32 = 3;
 const INT64: i32 = 7;
 
@@ -117,7 +117,7 @@ fn tensor(name: String, dims: Vec<i64>, data_type: i32, raw: Vec<u8>) -> TensorP
     TensorProto { name, dims, data_type, raw_data: raw, ..Default::default() }
 }
 
-fn f32_tensor(dims: Vec<i64>, v: &[f32]) -> TensorProto {
+pub(super) fn f32_tensor(dims: Vec<i64>, v: &[f32]) -> TensorProto {
     tensor(String::new(), dims, FLOAT, v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
@@ -136,7 +136,7 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-fn node(name: String, op: &str, inputs: &[&str], output: &str) -> NodeProto {
+pub(super) fn node(name: String, op: &str, inputs: &[&str], output: &str) -> NodeProto {
     NodeProto {
         input: inputs.iter().map(|s| (*s).to_owned()).collect(),
         output: vec![output.to_owned()],
@@ -151,19 +151,19 @@ fn int_attr(name: &str, i: i64) -> AttributeProto {
 }
 
 /// Where a fused `Linear` came from in the file (node indices).
-struct Site {
+pub(super) struct Site {
     /// The node that writes the layer's output (the bias `Add`, or the core op).
-    producer: usize,
+    pub(super) producer: usize,
     /// Which of its outputs that is.
-    out_slot: usize,
-    core: Core,
+    pub(super) out_slot: usize,
+    pub(super) core: Core,
     /// The bias `Add` and the input slot the bias comes in on.
-    bias: Option<(usize, usize)>,
+    pub(super) bias: Option<(usize, usize)>,
     /// The layer's input value.
-    x: String,
+    pub(super) x: String,
 }
 
-enum Core {
+pub(super) enum Core {
     /// `MatMul(x, W)`.
     F32 { matmul: usize },
     /// `MatMulInteger(xq, Wq, ..)` and the `Mul(x_scale, w_scale)` with `w_scale` in `scale_slot`.
@@ -176,19 +176,19 @@ enum Stage<'a> {
     Lora(&'a LoraPatch),
 }
 
-struct Writer<'m> {
-    model: &'m ModelProto,
+pub(super) struct Writer<'m> {
+    pub(super) model: &'m ModelProto,
     producer: HashMap<&'m str, usize>,
     /// Reads of each value by node input slots and graph outputs.
     readers: HashMap<&'m str, usize>,
-    inits: HashMap<&'m str, &'m TensorProto>,
+    pub(super) inits: HashMap<&'m str, &'m TensorProto>,
     /// Every value and node name in use, so added ones are fresh.
-    names: HashSet<String>,
-    edit: ModelEdit,
+    pub(super) names: HashSet<String>,
+    pub(super) edit: ModelEdit,
 }
 
 impl<'m> Writer<'m> {
-    fn new(model: &'m ModelProto) -> Writer<'m> {
+    pub(super) fn new(model: &'m ModelProto) -> Writer<'m> {
         let g = &model.graph;
         let mut producer = HashMap::new();
         let mut readers: HashMap<&str, usize> = HashMap::new();
@@ -213,12 +213,12 @@ impl<'m> Writer<'m> {
         Writer { model, producer, readers, inits, names, edit: ModelEdit::default() }
     }
 
-    fn node(&self, i: usize) -> &'m NodeProto {
+    pub(super) fn node(&self, i: usize) -> &'m NodeProto {
         &self.model.graph.node[i]
     }
 
     /// `stem`, or `stem_1`, `stem_2`, ... : a name nothing in the file uses yet.
-    fn fresh(&mut self, stem: &str) -> String {
+    pub(super) fn fresh(&mut self, stem: &str) -> String {
         let mut name = stem.to_owned();
         let mut i = 1;
         while self.names.contains(&name) {
@@ -251,7 +251,7 @@ impl<'m> Writer<'m> {
     }
 
     /// Adds a new initializer named after `stem`, returning its name.
-    fn add_init(&mut self, stem: &str, mut t: TensorProto) -> String {
+    pub(super) fn add_init(&mut self, stem: &str, mut t: TensorProto) -> String {
         t.name = self.fresh(stem);
         let name = t.name.clone();
         self.edit.add_initializers.push(t);
@@ -259,7 +259,7 @@ impl<'m> Writer<'m> {
     }
 
     /// Finds the nodes a fused `Linear` writing `out` came from.
-    fn locate(&self, module: &str, out: &str, int8: bool) -> Result<Site> {
+    pub(super) fn locate(&self, module: &str, out: &str, int8: bool) -> Result<Site> {
         let err = |reason: String| MergeError::OnnxLayout { module: module.to_owned(), reason };
         let &p = self.producer.get(out).ok_or_else(|| err(format!("no node writes `{out}`")))?;
         let pn = self.node(p);
