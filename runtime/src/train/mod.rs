@@ -20,6 +20,8 @@ pub mod evaluate;
 pub mod guard;
 pub mod head;
 pub mod optim;
+pub(crate) mod params;
+pub mod prefix_mlp;
 pub mod regress;
 pub mod rng;
 pub mod saved;
