@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kilotune::delta::{self, Precision};
 use kilotune::peft::merge::{merge, MergeOptions};
-use kilotune::peft::{AdapterActivation, AdapterConfig, AdapterPlacement, Ia3Config, PeftMethod, Pooling, PrefixConfig, TaskHead, TopLayersConfig};
+use kilotune::peft::{AdapterActivation, AdapterConfig, AdapterPlacement, DiffPruningConfig, Ia3Config, PeftMethod, Pooling, PrefixConfig, TaskHead, TopLayersConfig};
 use kilotune::train::evaluate::TaskSession;
 use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
 use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor};
@@ -235,6 +235,59 @@ fn ia3_and_top_layer_deltas_merge_into_the_weights() {
         // Folding reorders one multiply per weight: f32 rounding through two layers.
         assert!(max <= 1e-5, "{what}: merged vs unmerged max |Δ| {max:e}");
     }
+}
+
+fn diff(density: f32, lambda: f32) -> PeftMethod {
+    PeftMethod::DiffPruning(DiffPruningConfig { density, l0_lambda: lambda, target_modules: vec!["layer.1.attention.self.value".into(), "layer.0.intermediate.dense".into()] })
+}
+
+#[test]
+fn diff_pruning_gradients_match_finite_differences_through_the_gates() {
+    // λ = 0: the checked loss is the task's alone (the penalty's gradient is checked in
+    // `peft::diff_pruning`). Gates near log α = 0 sit inside the clamp, where z is smooth in
+    // log α for the step's fixed noise.
+    let base = load("tiny-bert.dynamo.onnx");
+    let mut t = Trainer::new(base, diff(1.0, 0.0), classify(), config()).unwrap();
+    let mut rng = Lcg(21);
+    for name in t.parameter_names() {
+        let n = t.parameter_values(&name).unwrap().len();
+        let v = if name.ends_with("log_alpha") { (0..n).map(|_| rng.f32(1.0)).collect() } else { (0..n).map(|_| rng.f32(0.5)).collect() };
+        t.set_parameter(&name, v).unwrap();
+    }
+    gradcheck(t, &bert_batch(5), 3, "diff pruning");
+}
+
+#[test]
+fn diff_pruning_keeps_the_target_density_sparse_and_merges() {
+    let base = load("tiny-bert.dynamo.onnx");
+    let batch = bert_batch(3);
+    let mut t = Trainer::new(base.clone(), diff(0.05, 1.0), classify(), config()).unwrap();
+    for _ in 0..5 {
+        t.step(&batch).unwrap();
+    }
+    let d = t.delta();
+    let gates: usize = t.parameter_names().iter().filter(|n| n.ends_with(".diff")).map(|n| t.parameter_values(n).unwrap().len()).sum();
+    let kept: usize = d.tensors.iter().filter(|x| x.name.ends_with(".diff_value")).map(|x| x.shape[0] as usize).sum();
+    // ceil(0.05 · N), or a few more on exact ties of |δ·z|.
+    let want = (0.05 * gates as f64).ceil() as usize;
+    assert!(kept >= want / 2 && kept <= want + 2, "kept {kept} of {gates}, want {want}");
+    assert!(d.tensors.iter().all(|x| !x.name.ends_with(".diff") && !x.name.ends_with("log_alpha")));
+    // f16 storage leaves the indices exact (f32) and the evaluation within f16's rounding.
+    let dir = std::env::temp_dir().join(format!("kt-peft-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    delta::save(&d, dir.join("d.ktd"), Precision::F16).unwrap();
+    let loaded = delta::load(dir.join("d.ktd"), Some(&base.fingerprint()), &Default::default()).unwrap();
+    for (a, b) in d.tensors.iter().zip(&loaded.tensors).filter(|(a, _)| a.name.ends_with(".diff_index")) {
+        assert_eq!(a, b);
+    }
+    let trained = t.evaluate(std::slice::from_ref(&batch)).unwrap();
+    let f32_session = TaskSession::new(base.clone(), &d, SessionConfig { threads: 1 }).unwrap();
+    assert_eq!(f32_session.evaluate(std::slice::from_ref(&batch)).unwrap(), trained);
+    // Merged (the sparse δ added into the weights) == the delta run as a delta.
+    let feed: Vec<(&str, Tensor)> = batch.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let unmerged = Session::with_delta(base.clone(), &d, SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap();
+    let merged = Session::new(merge(&base, &d, &MergeOptions::default()).unwrap().0, SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap();
+    assert_eq!(unmerged.get("last_hidden_state").unwrap().to_f32_vec(), merged.get("last_hidden_state").unwrap().to_f32_vec());
 }
 
 #[test]

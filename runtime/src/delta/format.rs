@@ -155,7 +155,7 @@ impl Default for LoadLimits {
 /// The delta is converted first ([`Delta::with_precision`]) and validated after conversion,
 /// so what is written can always be read back.
 pub fn to_bytes(delta: &Delta, precision: super::Precision) -> Result<Vec<u8>, DeltaError> {
-    let delta = if delta.tensors.iter().all(|t| t.precision() == precision) {
+    let delta = if delta.tensors.iter().all(|t| t.precision() == precision || t.name.ends_with(".diff_index")) {
         Cow::Borrowed(delta)
     } else {
         Cow::Owned(delta.with_precision(precision)?)

@@ -139,6 +139,23 @@ fn patch_linear(l: &mut Linear, values: &Values<'_>, method: &PeftMethod, take: 
         l.weight = LinearWeight::F32(Arc::new(w));
         take(&name);
     }
+    let (iname, vname) = crate::peft::diff_pruning::tensor_names(&l.module);
+    if let (Some((idx, ish)), Some((val, vsh))) = (values.get(iname.as_str()), values.get(vname.as_str())) {
+        if ish.len() != 1 || ish != vsh {
+            return Err(bad(&iname, format!("indices {ish:?} and values {vsh:?} must be vectors of one length")));
+        }
+        let mut w = l.weight_f32().into_owned();
+        for (&i, &v) in idx.iter().zip(val) {
+            // Indices travel as f32 integers (exact below 2^24, which bounds the weight's size).
+            if i.fract() != 0.0 || i < 0.0 || i as usize >= w.len() {
+                return Err(bad(&iname, format!("index {i} is not a whole number below {}", w.len())));
+            }
+            w[i as usize] += v;
+        }
+        l.weight = LinearWeight::F32(Arc::new(w));
+        take(&iname);
+        take(&vname);
+    }
     let mut patch = LinearPatch::default();
     if let Some((name, s)) = get("ia3_in", &[l.k])? {
         patch.scale_in = Some(s);

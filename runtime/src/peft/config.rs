@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 pub use super::adapter::AdapterConfig;
+pub use super::diff_pruning::DiffPruningConfig;
 pub use super::ia3::Ia3Config;
 pub use super::prefix::PrefixConfig;
 pub use super::top_layers::TopLayersConfig;
@@ -211,6 +212,8 @@ pub enum PeftMethod {
     Adapter(AdapterConfig),
     /// Prefix tuning.
     Prefix(PrefixConfig),
+    /// Diff pruning: a sparse additive δ on the weights.
+    DiffPruning(DiffPruningConfig),
 }
 
 impl Default for PeftMethod {
@@ -230,6 +233,7 @@ impl PeftMethod {
             PeftMethod::Ia3(c) => c.validate(),
             PeftMethod::Adapter(c) => c.validate(),
             PeftMethod::Prefix(c) => c.validate(),
+            PeftMethod::DiffPruning(c) => c.validate(),
         }
     }
 
@@ -245,10 +249,12 @@ impl PeftMethod {
             PeftMethod::Lora(c) => format!("LoRA r={} alpha={}", c.r, c.alpha),
             PeftMethod::BitFit(c) => format!("BitFit {:?}{}", c.variant, if c.include_layer_norm { " + LayerNorm" } else { "" }),
             PeftMethod::HeadOnly => "head only".into(),
+            PeftMethod::TopLayers(c) if c.layers == u32::MAX => "full fine-tuning (every block)".into(),
             PeftMethod::TopLayers(c) => format!("top {} layers", c.layers),
             PeftMethod::Ia3(_) => "(IA)3".into(),
             PeftMethod::Adapter(c) => format!("{:?} adapter m={} {:?}", c.placement, c.bottleneck, c.activation),
             PeftMethod::Prefix(c) => format!("prefix tuning len={} (MLP {})", c.len, c.mlp_hidden),
+            PeftMethod::DiffPruning(c) => format!("diff pruning density={}", c.density),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod classify;
+mod diff;
 pub mod evaluate;
 pub mod guard;
 pub mod head;

@@ -13,6 +13,9 @@ use crate::ops::Op;
 use crate::peft::top_layers::block_of;
 use crate::peft::{BitFitVariant, PeftMethod};
 
+/// The gates' initial `log α`.
+pub(crate) const DIFF_LOG_ALPHA_INIT: f32 = 3.0;
+
 /// A trainable parameter tensor of the delta (or, for prefix tuning's MLP, of training only).
 #[derive(Clone, Debug)]
 pub(crate) struct Param {
@@ -30,7 +33,7 @@ impl Param {
 }
 
 /// The parameter suffixes that live on a `Linear`, and what the tape calls them.
-const LINEAR_PARTS: [&str; 9] = ["lora_A", "lora_B", "bias", "weight", "ia3_in", "ia3_out", "adapter.down", "adapter.down_bias", "adapter.up"];
+const LINEAR_PARTS: [&str; 11] = ["lora_A", "lora_B", "bias", "weight", "ia3_in", "ia3_out", "adapter.down", "adapter.down_bias", "adapter.up", "diff", "diff_log_alpha"];
 const UP_BIAS: &str = "adapter.up_bias";
 
 /// (module, part) when `name` is a `Linear`'s parameter.
@@ -133,6 +136,18 @@ pub(crate) fn init(base: &Base, method: &PeftMethod, rng: &mut Rng) -> Result<(V
                 }
             }
         }
+        PeftMethod::DiffPruning(c) => {
+            c.validate()?;
+            for l in base.linears() {
+                if c.targets(&l.module) {
+                    let n = l.k * l.n;
+                    params.push(Param::new(format!("{}.diff", l.module), &[l.k, l.n], vec![0.0; n], false));
+                    // Gates start mostly open (P(z = 1) ≈ 0.9): δ can move before the
+                    // penalty closes what it does not need.
+                    params.push(Param::new(format!("{}.diff_log_alpha", l.module), &[l.k, l.n], vec![DIFF_LOG_ALPHA_INIT; n], false));
+                }
+            }
+        }
         PeftMethod::Prefix(c) => {
             c.validate()?;
             let layers = g.nodes.iter().filter(|n| matches!(n.op, Op::Attention(_))).count();
@@ -164,10 +179,18 @@ pub(crate) fn init(base: &Base, method: &PeftMethod, rng: &mut Rng) -> Result<(V
     Ok((params, mlp))
 }
 
+/// Where a parameter lives: on a node (its index in `Graph::nodes`), or as a delta on a
+/// constant value. Kept apart because node and value indices overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Loc {
+    Node(usize),
+    Value(usize),
+}
+
 /// Where each parameter's gradient comes from: the node (or constant value) it belongs to,
 /// and the [`Trainables`] that make the tape compute it. Prefix MLP parameters map nowhere:
 /// their gradients come through the MLP (see the trainer).
-pub(crate) fn locate(g: &Graph, params: &[Param]) -> (Trainables, HashMap<usize, usize>) {
+pub(crate) fn locate(g: &Graph, params: &[Param]) -> (Trainables, HashMap<usize, Loc>) {
     let mut t = Trainables::default();
     let mut at = HashMap::new();
     let mut by_module: HashMap<&str, usize> = HashMap::new();
@@ -191,16 +214,17 @@ pub(crate) fn locate(g: &Graph, params: &[Param]) -> (Trainables, HashMap<usize,
             match part {
                 "lora_A" | "lora_B" => t.lora.insert(node),
                 "bias" => t.linear_bias.insert(node),
-                "weight" => t.linear_weight.insert(node),
+                // Diff pruning's δ and gates reach the loss through the weight.
+                "weight" | "diff" | "diff_log_alpha" => t.linear_weight.insert(node),
                 _ => t.patch.insert(node),
             };
-            at.insert(pi, node);
+            at.insert(pi, Loc::Node(node));
         } else if let Some(l) = prefix_layer(&p.name).filter(|&l| l < prefix_layers) {
             t.prefix.insert(attention[l]);
-            at.insert(pi, attention[l]);
+            at.insert(pi, Loc::Node(attention[l]));
         } else if let Some(v) = g.value_named(&p.name) {
             t.constants.insert(v);
-            at.insert(pi, v);
+            at.insert(pi, Loc::Value(v));
         }
     }
     (t, at)
@@ -215,21 +239,27 @@ fn prefix_layer(name: &str) -> Option<usize> {
 
 /// The gradient of parameter `p`, located at `at` by [`locate`]; zeros when the tape sent none
 /// (a parameter the loss does not depend on).
-pub(crate) fn grad_of(p: &Param, at: usize, t: &Trainables, grads: &Grads) -> Vec<f32> {
-    let patch = || grads.patch.get(&at);
-    let g = match linear_part(&p.name).map(|(_, part)| part) {
-        Some("lora_A") => grads.lora.get(&at).map(|(a, _)| a.clone()),
-        Some("lora_B") => grads.lora.get(&at).map(|(_, b)| b.clone()),
-        Some("bias") if t.linear_bias.contains(&at) => grads.linear_bias.get(&at).cloned(),
-        Some("weight") if t.linear_weight.contains(&at) => grads.linear_weight.get(&at).cloned(),
-        Some("ia3_in") => patch().and_then(|g| g.scale_in.clone()),
-        Some("ia3_out") => patch().and_then(|g| g.scale_out.clone()),
-        Some("adapter.down") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.down.clone())),
-        Some("adapter.down_bias") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.down_bias.clone())),
-        Some("adapter.up") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.up.clone())),
-        Some("adapter.up_bias") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.up_bias.clone())),
-        _ if t.prefix.contains(&at) && p.name.starts_with("prefix.") => grads.prefix.get(&at).map(|(k, v)| if p.name.ends_with(".key") { k.clone() } else { v.clone() }),
-        _ => grads.constants.get(&at).cloned(),
+pub(crate) fn grad_of(p: &Param, at: Loc, grads: &Grads) -> Vec<f32> {
+    let g = match at {
+        Loc::Value(v) => grads.constants.get(&v).cloned(),
+        Loc::Node(at) if p.name.starts_with("prefix.") => grads.prefix.get(&at).map(|(k, v)| if p.name.ends_with(".key") { k.clone() } else { v.clone() }),
+        Loc::Node(at) => {
+            let patch = || grads.patch.get(&at);
+            match linear_part(&p.name).map(|(_, part)| part) {
+                Some("lora_A") => grads.lora.get(&at).map(|(a, _)| a.clone()),
+                Some("lora_B") => grads.lora.get(&at).map(|(_, b)| b.clone()),
+                Some("bias") => grads.linear_bias.get(&at).cloned(),
+                // For diff pruning this is dL/dW; the trainer turns it into dδ and d log α.
+                Some("weight" | "diff" | "diff_log_alpha") => grads.linear_weight.get(&at).cloned(),
+                Some("ia3_in") => patch().and_then(|g| g.scale_in.clone()),
+                Some("ia3_out") => patch().and_then(|g| g.scale_out.clone()),
+                Some("adapter.down") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.down.clone())),
+                Some("adapter.down_bias") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.down_bias.clone())),
+                Some("adapter.up") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.up.clone())),
+                Some("adapter.up_bias") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.up_bias.clone())),
+                _ => None,
+            }
+        }
     };
     g.unwrap_or_else(|| vec![0.0; p.values.len()])
 }

@@ -157,7 +157,10 @@ impl Trainer {
     /// The delta as it stands now (parameters, head, summary), ready to save. The guard keeps
     /// every value finite: an update that made one non-finite has been rolled back.
     pub fn delta(&self) -> Delta {
-        let mut tensors: Vec<NamedTensor> = self.params.iter().filter(|p| !p.name.starts_with("prefix_mlp.")).map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect();
+        let mut tensors: Vec<NamedTensor> = match &self.method {
+            PeftMethod::DiffPruning(c) => super::diff::sparse_delta(c, &self.params),
+            _ => self.params.iter().filter(|p| !p.name.starts_with("prefix_mlp.")).map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect(),
+        };
         if let Some(m) = &self.prefix_mlp {
             // The MLP is dropped here: the delta holds only the prefixes it produces.
             let (_, p) = m.forward(self.mlp_params());
@@ -186,13 +189,27 @@ impl Trainer {
         self.params.iter().map(|p| p.values.len()).sum::<usize>() + self.head.as_ref().map_or(0, |h| h.weight.len() + h.bias.len())
     }
 
-    /// Re-applies the current parameters to the session's graph.
+    /// Re-applies the current parameters to the session's graph: the delta, or for diff
+    /// pruning the dense weights with this step's sampled gates (evaluation then runs the
+    /// saved, sparse delta in a session of its own).
     fn refresh(&mut self) -> Result<()> {
-        let d = self.delta();
+        let mut d = self.delta();
+        if matches!(self.method, PeftMethod::DiffPruning(_)) {
+            d.tensors.retain(|t| t.name.starts_with(HEAD_PREFIX));
+            d.tensors.extend(super::diff::training_weights(&self.base, &self.params, self.seed, self.steps)?);
+        }
         self.session.set_delta(Some(&d))
     }
 
-    fn trainables(&self) -> (Trainables, HashMap<usize, usize>) {
+    /// Runs `f` on the session that evaluates the delta as it would be saved.
+    fn with_eval_session<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        match self.method {
+            PeftMethod::DiffPruning(_) => f(&Session::with_delta(self.base.clone(), &self.delta(), SessionConfig { threads: self.threads })?),
+            _ => f(&self.session),
+        }
+    }
+
+    fn trainables(&self) -> (Trainables, HashMap<usize, super::params::Loc>) {
         super::params::locate(self.session.graph(), &self.params)
     }
 
@@ -341,7 +358,10 @@ impl Trainer {
                 continue;
             }
             let at = where_.get(&pi).copied().ok_or_else(|| Error::Config(format!("parameter `{}` is not in the graph", p.name)))?;
-            grads.push(super::params::grad_of(p, at, &t, &r.grads));
+            grads.push(super::params::grad_of(p, at, &r.grads));
+        }
+        if let PeftMethod::DiffPruning(c) = &self.method {
+            super::diff::chain(c, &self.params, &mut grads, self.seed, self.steps);
         }
         Ok((r, grads, tokens))
     }
@@ -443,13 +463,13 @@ impl Trainer {
     /// [`Evaluation`]), without training. A [`super::evaluate::TaskSession`] over the saved
     /// delta gives the same numbers.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<Evaluation> {
-        evaluate_task(&self.session, &self.task, self.head.as_ref(), batches)
+        self.with_eval_session(|s| evaluate_task(s, &self.task, self.head.as_ref(), batches))
     }
 
     /// The head's outputs for a batch: class logits `[rows × classes]`, predictions
     /// `[rows × outputs]`, or the LM's logits `[rows × seq × vocab]`.
     pub fn outputs(&self, batch: &Batch) -> Result<Vec<f32>> {
-        task_outputs(&self.session, &self.task, self.head.as_ref(), batch)
+        self.with_eval_session(|s| task_outputs(s, &self.task, self.head.as_ref(), batch))
     }
 
     /// Turns LoRA dropout on for this step's forward and backward, with a fresh mask per step
