@@ -232,6 +232,14 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         .map(headline);
     let (_, size) = crate::delta::save_sized(&delta, &args.out, args.precision)?;
     outln(out, format!("saved {} ({size} bytes)", args.out.display()))?;
+    if matches!(args.method, Method::TopLayers | Method::Full) {
+        outln(
+            out,
+            "note: this delta holds whole weight matrices, so it is far larger than a LoRA, \
+             adapter or BitFit delta of the same model"
+                .into(),
+        )?;
+    }
     let wall_secs = t_start.elapsed().as_secs_f64();
     if let Some(dir) = &report_dir {
         log.finished = Some(Finished {

@@ -552,6 +552,7 @@ fn train_then_eval(method: &str) {
         "{text}"
     );
     assert!(stderr(&o).contains("epoch 1/2"), "{}", stderr(&o));
+    assert_eq!(text.contains("holds whole weight matrices"), method == "top-layers" || method == "full", "{text}");
     assert!(ktd.metadata().expect("the delta was written").len() > 0);
 
     let mut args: Vec<String> = vec!["eval".into()];

@@ -25,6 +25,9 @@ use crate::session::{Session, SessionConfig};
 pub use super::batch::{Batch, Targets};
 pub use super::evaluate::Evaluation;
 
+/// Gradients by tensor name, as [`Trainer::gradients`] returns them.
+pub type NamedGradients = Vec<(String, Vec<f32>)>;
+
 /// Settings for a [`Trainer`].
 #[derive(Clone, Debug, Default)]
 pub struct TrainConfig {
@@ -293,7 +296,7 @@ impl Trainer {
     /// The loss on `batch` and its gradient with respect to every trainable tensor (the
     /// parameters as [`Trainer::parameter_names`] lists them, then the head's weight and
     /// bias), at the current values, without changing them. The gradient checks use it.
-    pub fn gradients(&mut self, batch: &Batch) -> Result<(f32, Vec<(String, Vec<f32>)>)> {
+    pub fn gradients(&mut self, batch: &Batch) -> Result<(f32, NamedGradients)> {
         let (r, grads, _) = self.loss_and_grads(batch)?;
         self.refresh()?;
         let mut out: Vec<(String, Vec<f32>)> = self.params.iter().map(|p| p.name.clone()).zip(grads).collect();
