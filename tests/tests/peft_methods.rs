@@ -312,3 +312,26 @@ fn a_version_1_file_cannot_claim_a_new_method() {
     let e = delta::from_bytes(&bytes, None, &Default::default()).unwrap_err();
     assert!(matches!(e, delta::DeltaError::Malformed(_)), "{e:?}");
 }
+
+#[test]
+fn merged_onnx_files_run_like_the_deltas() {
+    // (IA)3 folded, top-layer weights and LayerNorm γ/β written, a sparse diff added: the
+    // written file, loaded again, gives the delta's outputs.
+    let path = fixtures().join("tiny-bert.dynamo.onnx");
+    let bytes = std::fs::read(&path).unwrap();
+    let base = load("tiny-bert.dynamo.onnx");
+    let batch = bert_batch(4);
+    let feed: Vec<(&str, Tensor)> = batch.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    for (what, m) in [("ia3", PeftMethod::Ia3(Ia3Config::default())), ("top-1", PeftMethod::TopLayers(TopLayersConfig { layers: 1 })), ("diff", diff(0.1, 1.0))] {
+        let mut t = Trainer::new(base.clone(), m, classify(), config()).unwrap();
+        randomize(&mut t, 0.3, 5);
+        let d = t.delta();
+        let out = kilotune::peft::merge::merge_onnx(&bytes, &base, &d, &MergeOptions::default()).unwrap();
+        let merged = Base::from_bytes(&out.bytes, LoadOptions::default()).unwrap();
+        let a = Session::with_delta(base.clone(), &d, SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap().get("last_hidden_state").unwrap().to_f32_vec();
+        let b = Session::new(merged, SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap().get("last_hidden_state").unwrap().to_f32_vec();
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        // The same folded weights, f32 rounding of the fold only.
+        assert!(max <= 1e-5, "{what}: max |Δ| {max:e}");
+    }
+}
