@@ -30,7 +30,7 @@ pub fn method_summary(m: &PeftMethod) -> String {
                 ""
             }
         ),
-        other => format!("{other:?}"),
+        other => other.describe(),
     }
 }
 
@@ -82,7 +82,12 @@ pub fn inspect(args: &DeltaInspectArgs, out: &mut dyn Write) -> Result<()> {
     let config = match &d.method {
         PeftMethod::Lora(c) => to_json(c),
         PeftMethod::BitFit(c) => to_json(c),
-        other => Value::String(format!("{other:?}")),
+        PeftMethod::TopLayers(c) => to_json(c),
+        PeftMethod::Ia3(c) => to_json(c),
+        PeftMethod::Adapter(c) => to_json(c),
+        PeftMethod::Prefix(c) => to_json(c),
+        PeftMethod::DiffPruning(c) => to_json(c),
+        other => Value::String(other.describe()),
     };
     let tensors: Vec<TensorReport> = d
         .tensors

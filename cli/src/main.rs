@@ -7,6 +7,7 @@
 
 mod data;
 mod delta;
+mod compare;
 mod demo;
 mod embed;
 mod error;
@@ -57,6 +58,17 @@ are saved in --out. Measured: 14 min with --lm-rows 200 on a busy 2-core machine
         after_help = "Example:\n  bash scripts/get-models.sh --import && kilotune demo"
     )]
     Demo(DemoArgs),
+    /// Train each PEFT method on one classification task and print the comparison table.
+    #[command(
+        long_about = "Train each PEFT method on one classification task and print the comparison table.\n\n\
+Every row trains with the same rows, head (mean pooling), seed, batch and schedule (AdamW, 6% \
+warm-up, linear decay) at the method's usual learning rate, then reports the share of the base's \
+parameters it trains (head excluded), its delta's size in f32 (head included), the test accuracy \
+and its share of full fine-tuning's, the median training step, and the latency of the base with \
+the delta over the base alone on one test batch (interleaved in the same run).",
+        after_help = "Example (the table in docs/peft-methods.md):\n  kilotune compare --model minilm.onnx --tokenizer tokenizer.json --threads 2 \\\n      --data train.jsonl --test test.jsonl --rows 3000 --epochs 2 --out table.md"
+    )]
+    Compare(CompareArgs),
     /// Show a model's inputs, outputs, ops, parameters and targetable Linear layers.
     #[command(
         after_help = "Example:\n  kilotune inspect model.onnx --int8\n  kilotune inspect model.onnx --json | jq .linears"
@@ -381,6 +393,59 @@ enum Method {
     Lora,
     /// Bias terms only.
     Bitfit,
+    /// Only the task head; the base is untouched.
+    HeadOnly,
+    /// The last --layers transformer blocks' weights (a large delta).
+    TopLayers,
+    /// Every transformer block's weights: full fine-tuning (embeddings frozen; a large delta).
+    Full,
+    /// (IA)3: scales on keys, values and the FFN's intermediate activation.
+    Ia3,
+    /// Houlsby adapters: after the attention and the FFN sublayers (see --bottleneck).
+    Houlsby,
+    /// Pfeiffer adapters: after the FFN sublayer only (see --bottleneck).
+    Pfeiffer,
+    /// Prefix tuning: trainable keys and values in every attention layer (see --prefix-len).
+    Prefix,
+    /// Diff pruning: a sparse δ on every Linear weight, learned with a hard-concrete L0
+    /// penalty and cut to --density (see --l0-lambda).
+    DiffPruning,
+}
+
+/// The nonlinearity inside a bottleneck adapter.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ActivationChoice {
+    /// max(0, x).
+    Relu,
+    /// Exact GELU.
+    Gelu,
+}
+
+/// The settings of the methods other than LoRA and BitFit.
+#[derive(Args, Debug, Clone)]
+struct MethodFlags {
+    /// top-layers: how many of the last transformer blocks are trained.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    layers: u32,
+    /// houlsby / pfeiffer: the adapter's bottleneck size m.
+    #[arg(long, value_name = "M", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    bottleneck: u32,
+    /// houlsby / pfeiffer: the adapter's nonlinearity.
+    #[arg(long, value_enum, default_value_t = ActivationChoice::Relu)]
+    adapter_activation: ActivationChoice,
+    /// prefix: virtual tokens per attention layer.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    prefix_len: u32,
+    /// prefix: hidden width of the reparameterization MLP used while training (dropped from
+    /// the saved delta); 0 trains the prefixes directly.
+    #[arg(long, value_name = "H", default_value_t = 128)]
+    prefix_mlp: u32,
+    /// diff-pruning: the share of the weights' elements the saved δ keeps.
+    #[arg(long, value_name = "D", default_value_t = 0.005)]
+    density: f32,
+    /// diff-pruning: the weight of the expected-density (L0) penalty.
+    #[arg(long, value_name = "L", default_value_t = 1.0)]
+    l0_lambda: f32,
 }
 
 /// Which biases BitFit trains.
@@ -414,6 +479,44 @@ impl From<PrecisionChoice> for kilotune::delta::Precision {
 }
 
 #[derive(Args, Debug)]
+struct CompareArgs {
+    #[command(flatten)]
+    model: ModelFlags,
+    /// Training data: JSON lines {"text": ..., "label": ...}.
+    #[arg(long, value_name = "FILE.jsonl")]
+    data: PathBuf,
+    /// Test data, same form; every row is scored.
+    #[arg(long, value_name = "FILE.jsonl")]
+    test: PathBuf,
+    /// Use the first N training rows.
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    rows: usize,
+    /// Use only the first N test rows (default: all).
+    #[arg(long, value_name = "N")]
+    test_rows: Option<usize>,
+    /// Passes over the training rows.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    epochs: u32,
+    /// Rows per step.
+    #[arg(long, value_name = "B", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Only these rows, comma-separated: full, head-only, top-2, bitfit, bitfit-query-mlp,
+    /// diff-0.5%, houlsby-8, houlsby-64, pfeiffer-8, pfeiffer-64, prefix-10, prefix-30, lora-4,
+    /// lora-8, ia3.
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// Seed for initialization and the per-epoch shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Timed runs per session for the latency ratio.
+    #[arg(long, value_name = "N", default_value_t = 9)]
+    latency_rounds: u32,
+    /// Also write the Markdown table to this file.
+    #[arg(long, value_name = "FILE.md")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 struct TrainArgs {
     #[command(flatten)]
     model: ModelFlags,
@@ -443,6 +546,8 @@ struct TrainArgs {
     /// LoRA target modules (comma-separated module-name suffixes).
     #[arg(long, value_delimiter = ',', default_value = "query,value")]
     targets: Vec<String>,
+    #[command(flatten)]
+    methods: MethodFlags,
     /// Which biases BitFit trains.
     #[arg(long, value_enum, default_value_t = BitFitChoice::All)]
     bitfit_variant: BitFitChoice,
@@ -627,6 +732,7 @@ fn main() -> ExitCode {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let result = match cli.command {
         Command::Demo(a) => demo::demo(&a, &mut out),
+        Command::Compare(a) => compare::compare(&a, &mut out),
         Command::Inspect(a) => inspect::inspect(&a, &mut out),
         Command::Run(a) => run::run(&a, &mut out),
         Command::Embed(a) => embed::embed(&a, &mut out),

@@ -1,4 +1,4 @@
-//! `kilotune train`: JSON lines → a LoRA or BitFit delta for a task (a classification or
+//! `kilotune train`: JSON lines → a PEFT delta (LoRA, BitFit, adapters, ...) for a task (a classification or
 //! regression head, or the model's own LM head for causal language modelling), saved as a
 //! `.ktd` file.
 
@@ -6,7 +6,11 @@ use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kilotune::peft::{BitFitConfig, BitFitVariant, LoraConfig, PeftMethod, Pooling, TaskHead};
+use kilotune::peft::{
+    AdapterActivation, AdapterConfig, AdapterPlacement, BitFitConfig, BitFitVariant,
+    DiffPruningConfig, Ia3Config,
+    LoraConfig, PeftMethod, Pooling, PrefixConfig, TaskHead, TopLayersConfig,
+};
 use kilotune::train::optim::{Decay, OptimizerConfig, Schedule};
 use kilotune::train::trainer::{Evaluation, TrainConfig, Trainer};
 use kilotune::Base;
@@ -15,7 +19,7 @@ use crate::data::{self, Classes, Encoded, LabelKind, Labels};
 use crate::embed::{FeedPlan, TextTokenizer};
 use crate::error::{CliError, Result};
 use crate::report::{EpochRecord, Finished, ReportDir, RunConfig, TrainLog};
-use crate::{BitFitChoice, Method, PoolingChoice, Task, TrainArgs};
+use crate::{ActivationChoice, BitFitChoice, Method, PoolingChoice, Task, TrainArgs};
 
 /// The share of all steps spent warming the learning rate up.
 const WARMUP_FRACTION: f64 = 0.06;
@@ -97,22 +101,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     let total_steps = steps_per_epoch * u64::from(args.epochs);
     let warmup_steps =
         ((total_steps as f64 * WARMUP_FRACTION).ceil() as u64).min(total_steps.saturating_sub(1));
-    let method = match args.method {
-        Method::Lora => PeftMethod::Lora(LoraConfig {
-            r: args.rank,
-            alpha: args.alpha,
-            dropout: args.lora_dropout,
-            target_modules: args.targets.clone(),
-            rank_pattern: Vec::new(),
-        }),
-        Method::Bitfit => PeftMethod::BitFit(BitFitConfig {
-            variant: match args.bitfit_variant {
-                BitFitChoice::All => BitFitVariant::All,
-                BitFitChoice::QueryMlp => BitFitVariant::QueryAndMlp,
-            },
-            include_layer_norm: !args.no_layernorm,
-        }),
-    };
+    let method = peft_method(args.method, args, &base);
     let config = TrainConfig {
         seed: args.seed,
         threads: args.model.threads,
@@ -243,6 +232,14 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
         .map(headline);
     let (_, size) = crate::delta::save_sized(&delta, &args.out, args.precision)?;
     outln(out, format!("saved {} ({size} bytes)", args.out.display()))?;
+    if matches!(args.method, Method::TopLayers | Method::Full) {
+        outln(
+            out,
+            "note: this delta holds whole weight matrices, so it is far larger than a LoRA, \
+             adapter or BitFit delta of the same model"
+                .into(),
+        )?;
+    }
     let wall_secs = t_start.elapsed().as_secs_f64();
     if let Some(dir) = &report_dir {
         log.finished = Some(Finished {
@@ -254,6 +251,58 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     }
     outln(out, format!("wall time {wall_secs:.2} s"))?;
     Ok(())
+}
+
+/// The PEFT method `choice` with the settings of `args`. (IA)3 picks its targets by the
+/// model's module names (BERT's `key`/`value`/`output.dense`, or Llama's `k_proj`/`v_proj`/
+/// `down_proj`).
+pub fn peft_method(choice: Method, args: &TrainArgs, base: &Base) -> PeftMethod {
+    let m = &args.methods;
+    let adapter = |placement| {
+        PeftMethod::Adapter(AdapterConfig {
+            placement,
+            bottleneck: m.bottleneck,
+            activation: match m.adapter_activation {
+                ActivationChoice::Relu => AdapterActivation::Relu,
+                ActivationChoice::Gelu => AdapterActivation::Gelu,
+            },
+        })
+    };
+    match choice {
+        Method::Lora => PeftMethod::Lora(LoraConfig {
+            r: args.rank,
+            alpha: args.alpha,
+            dropout: args.lora_dropout,
+            target_modules: args.targets.clone(),
+            rank_pattern: Vec::new(),
+        }),
+        Method::Bitfit => PeftMethod::BitFit(BitFitConfig {
+            variant: match args.bitfit_variant {
+                BitFitChoice::All => BitFitVariant::All,
+                BitFitChoice::QueryMlp => BitFitVariant::QueryAndMlp,
+            },
+            include_layer_norm: !args.no_layernorm,
+        }),
+        Method::HeadOnly => PeftMethod::HeadOnly,
+        Method::TopLayers => PeftMethod::TopLayers(TopLayersConfig { layers: m.layers }),
+        Method::Full => PeftMethod::TopLayers(TopLayersConfig { layers: u32::MAX }),
+        Method::Ia3 => PeftMethod::Ia3(if base.linears().iter().any(|l| l.module.ends_with("k_proj")) {
+            Ia3Config::llama()
+        } else {
+            Ia3Config::default()
+        }),
+        Method::Houlsby => adapter(AdapterPlacement::Houlsby),
+        Method::Pfeiffer => adapter(AdapterPlacement::Pfeiffer),
+        Method::Prefix => PeftMethod::Prefix(PrefixConfig {
+            len: m.prefix_len,
+            mlp_hidden: m.prefix_mlp,
+        }),
+        Method::DiffPruning => PeftMethod::DiffPruning(DiffPruningConfig {
+            density: m.density,
+            l0_lambda: m.l0_lambda,
+            target_modules: Vec::new(),
+        }),
+    }
 }
 
 /// An epoch's evaluation in the task's terms, for the per-epoch line.

@@ -552,6 +552,7 @@ fn train_then_eval(method: &str) {
         "{text}"
     );
     assert!(stderr(&o).contains("epoch 1/2"), "{}", stderr(&o));
+    assert_eq!(text.contains("holds whole weight matrices"), method == "top-layers" || method == "full", "{text}");
     assert!(ktd.metadata().expect("the delta was written").len() > 0);
 
     let mut args: Vec<String> = vec!["eval".into()];
@@ -580,6 +581,42 @@ fn train_lora_writes_a_delta_that_eval_reads() {
 #[test]
 fn train_bitfit_writes_a_delta_that_eval_reads() {
     train_then_eval("bitfit");
+}
+
+#[test]
+fn train_every_other_method_writes_a_delta_that_eval_reads() {
+    for method in ["head-only", "top-layers", "full", "ia3", "houlsby", "pfeiffer", "prefix", "diff-pruning"] {
+        train_then_eval(method);
+    }
+}
+
+#[test]
+fn compare_prints_one_row_per_method_with_every_column() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let train = write_data(dir.path(), "train.jsonl", 24);
+    let test = write_data(dir.path(), "test.jsonl", 8);
+    let table = dir.path().join("table.md");
+    let mut args: Vec<String> = vec!["compare".into()];
+    args.extend(model_flags(&tok));
+    for a in ["--data", &train.display().to_string(), "--test", &test.display().to_string(), "--rows", "24", "--epochs", "1", "--batch", "8"] {
+        args.push(a.into());
+    }
+    for a in ["--methods", "full,head-only,ia3,pfeiffer-8,prefix-10", "--latency-rounds", "1", "--out", &table.display().to_string()] {
+        args.push(a.into());
+    }
+    let o = kilotune(&args);
+    assert!(o.status.success(), "compare: {}", stderr(&o));
+    let text = std::fs::read_to_string(&table).expect("the table file");
+    assert_eq!(text.trim_end(), stdout(&o).trim_end());
+    assert!(text.contains("| row | method | trainable % | delta bytes (f32) | accuracy | % of full FT | step s | latency vs base |"), "{text}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
+    assert_eq!(rows.len(), 5, "{text}");
+    // Full fine-tuning is 100% of itself; head-only trains none of the base.
+    assert!(rows[0].starts_with("| full |") && rows[0].contains("| 100.0% |"), "{}", rows[0]);
+    assert!(rows[1].contains("| 0.000% |"), "{}", rows[1]);
+    let o = kilotune(["compare", "--methods", "nope", "--model", "m", "--tokenizer", "t", "--data", "d", "--test", "t"]);
+    assert_fails_with(&o, "unknown row `nope`");
 }
 
 #[test]

@@ -333,7 +333,7 @@ mod delta {
             let result = decode(&flipped);
             let ok = match at {
                 0..8 => matches!(result, Err(DeltaError::BadMagic { .. })),
-                8..12 => matches!(result, Err(DeltaError::UnsupportedVersion { supported: 1, .. })),
+                8..12 => matches!(result, Err(DeltaError::UnsupportedVersion { supported: 2, .. })),
                 12..20 => {
                     let declared = u64::from_le_bytes(flipped[12..20].try_into().unwrap());
                     if declared > body_len {
@@ -364,12 +364,12 @@ mod delta {
 
     #[test]
     fn unknown_versions_are_unsupported() {
-        for version in [0u32, 2, u32::MAX] {
+        for version in [0u32, 3, u32::MAX] {
             let mut bytes = sample_bytes();
             bytes[8..12].copy_from_slice(&version.to_le_bytes());
             fix_crc(&mut bytes);
             match decode(&bytes) {
-                Err(DeltaError::UnsupportedVersion { found, supported: 1 }) => assert_eq!(found, version),
+                Err(DeltaError::UnsupportedVersion { found, supported: 2 }) => assert_eq!(found, version),
                 other => panic!("version {version}: {other:?}"),
             }
         }

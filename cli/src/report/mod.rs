@@ -96,6 +96,22 @@ impl RunConfig {
                     ", with LayerNorm"
                 }
             ),
+            Method::HeadOnly => "head only".into(),
+            Method::TopLayers => format!("top {} layers", args.methods.layers),
+            Method::Full => "full fine-tuning".into(),
+            Method::Ia3 => "(IA)3".into(),
+            Method::Houlsby | Method::Pfeiffer => format!(
+                "{:?} adapter m={} {:?}",
+                args.method, args.methods.bottleneck, args.methods.adapter_activation
+            ),
+            Method::DiffPruning => format!(
+                "diff pruning, density {}, L0 weight {}",
+                args.methods.density, args.methods.l0_lambda
+            ),
+            Method::Prefix => format!(
+                "prefix tuning, {} tokens (MLP {})",
+                args.methods.prefix_len, args.methods.prefix_mlp
+            ),
         };
         RunConfig {
             model: args.model.model.display().to_string(),

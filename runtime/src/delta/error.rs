@@ -47,11 +47,11 @@ pub enum DeltaError {
         found: [u8; 8],
     },
     /// The file is a delta in a format version this build cannot read.
-    #[error("delta format version {found} is not supported (this build reads version {supported})")]
+    #[error("delta format version {found} is not supported (this build reads versions 1 to {supported})")]
     UnsupportedVersion {
         /// The version in the file.
         found: u32,
-        /// The version this build reads and writes.
+        /// The newest version this build reads.
         supported: u32,
     },
     /// The CRC32C trailer does not match the bytes: the file is corrupt.

@@ -15,8 +15,15 @@ use crate::peft::{PeftMethod, TaskHead};
 /// The first 8 bytes of every delta file.
 pub const MAGIC: [u8; 8] = *b"KTDELTA\0";
 
-/// The format version this build writes, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version: this build reads versions 1 and 2 and writes a delta in the
+/// oldest version that can hold its method (version 1 for LoRA and BitFit, so older builds
+/// keep reading those; version 2 adds the other PEFT methods).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version a delta of `method` is written in.
+pub fn version_for(method: &PeftMethod) -> u32 {
+    if method.in_format_v1() { 1 } else { FORMAT_VERSION }
+}
 
 /// Bytes before the body: magic (8), version (4), body length (8).
 pub const HEADER_LEN: usize = 20;
@@ -148,7 +155,7 @@ impl Default for LoadLimits {
 /// The delta is converted first ([`Delta::with_precision`]) and validated after conversion,
 /// so what is written can always be read back.
 pub fn to_bytes(delta: &Delta, precision: super::Precision) -> Result<Vec<u8>, DeltaError> {
-    let delta = if delta.tensors.iter().all(|t| t.precision() == precision) {
+    let delta = if delta.tensors.iter().all(|t| t.precision() == precision || t.name.ends_with(".diff_index")) {
         Cow::Borrowed(delta)
     } else {
         Cow::Owned(delta.with_precision(precision)?)
@@ -161,7 +168,7 @@ pub fn to_bytes(delta: &Delta, precision: super::Precision) -> Result<Vec<u8>, D
 fn encode(delta: &Delta) -> Result<Vec<u8>, DeltaError> {
     let mut out = Vec::with_capacity(HEADER_LEN + 256);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&version_for(&delta.method).to_le_bytes());
     out.extend_from_slice(&[0; 8]); // the body length, patched below
     let mut out =
         postcard::to_extend(delta, out).map_err(|e| DeltaError::Malformed(format!("cannot encode the body: {e}")))?;
@@ -179,11 +186,14 @@ fn encode(delta: &Delta) -> Result<Vec<u8>, DeltaError> {
 /// then only within `limits.max_bytes`). With `expected_base`, a delta trained on another
 /// base is refused with [`DeltaError::WrongBase`].
 pub fn from_bytes(bytes: &[u8], expected_base: Option<&[u8; 32]>, limits: &LoadLimits) -> Result<Delta, DeltaError> {
-    let body = check_frame(bytes, limits)?;
+    let (version, body) = check_frame(bytes, limits)?;
     let (delta, rest) = postcard::take_from_bytes::<Delta>(body)
         .map_err(|e| DeltaError::Malformed(format!("the body does not decode: {e}")))?;
     if !rest.is_empty() {
         return Err(DeltaError::Malformed(format!("{} unused bytes at the end of the body", rest.len())));
+    }
+    if version < version_for(&delta.method) {
+        return Err(DeltaError::Malformed(format!("a version {version} file cannot hold a {} delta", delta.method.describe())));
     }
     delta.validate()?;
     if let Some(expected) = expected_base {
@@ -193,7 +203,7 @@ pub fn from_bytes(bytes: &[u8], expected_base: Option<&[u8; 32]>, limits: &LoadL
 }
 
 /// Checks the header and trailer and returns the body.
-fn check_frame<'a>(bytes: &'a [u8], limits: &LoadLimits) -> Result<&'a [u8], DeltaError> {
+fn check_frame<'a>(bytes: &'a [u8], limits: &LoadLimits) -> Result<(u32, &'a [u8]), DeltaError> {
     let len = bytes.len() as u64;
     if len > limits.max_bytes {
         return Err(DeltaError::TooLarge { size: len, limit: limits.max_bytes });
@@ -208,7 +218,7 @@ fn check_frame<'a>(bytes: &'a [u8], limits: &LoadLimits) -> Result<&'a [u8], Del
         return Err(DeltaError::BadMagic { found: magic });
     }
     let version = u32::from_le_bytes(field(8, 4).try_into().expect("4-byte slice"));
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(DeltaError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
     }
     let declared = u64::from_le_bytes(field(12, 8).try_into().expect("8-byte slice"));
@@ -225,7 +235,7 @@ fn check_frame<'a>(bytes: &'a [u8], limits: &LoadLimits) -> Result<&'a [u8], Del
     if stored != computed {
         return Err(DeltaError::Checksum { stored, computed });
     }
-    Ok(&covered[HEADER_LEN..])
+    Ok((version, &covered[HEADER_LEN..]))
 }
 
 /// f16 data travels as one byte string (2 bytes per value, little-endian) rather than as a

@@ -140,7 +140,8 @@ fn quantize_rows(values: &[f32], rows: usize) -> TensorData {
 impl Delta {
     /// The delta with every tensor stored in `precision` (see [`NamedTensor::with_precision`]).
     pub fn with_precision(&self, precision: Precision) -> Result<Delta, DeltaError> {
-        let tensors = self.tensors.iter().map(|t| t.with_precision(precision)).collect::<Result<_, _>>()?;
+        // Diff pruning's indices are integers: only f32 holds them exactly.
+        let tensors = self.tensors.iter().map(|t| if t.name.ends_with(".diff_index") { Ok(t.clone()) } else { t.with_precision(precision) }).collect::<Result<_, _>>()?;
         Ok(Delta {
             base_fingerprint: self.base_fingerprint,
             method: self.method.clone(),

@@ -150,7 +150,7 @@ pub fn fuse_linear(g: &mut Graph, info: &ImportInfo) {
         };
         let module = module_name(&v, info, n, bias);
         let bias_data = bias.and_then(|b| v.constant(b)).map(|t| Arc::new(t.to_f32_vec()));
-        let lin = Linear { module, k, n: nn, weight, bias: bias_data, lora: None };
+        let lin = Linear { module, k, n: nn, weight, bias: bias_data, lora: None, patch: None };
         patch.replace(at, Node { name: n.name.clone(), op: Op::Linear(lin), inputs: vec![Some(x)], outputs: vec![out] });
     }
     patch.apply(g);
@@ -213,6 +213,7 @@ pub fn fuse_int8_linear(g: &mut Graph, info: &ImportInfo) {
                 weight: LinearWeight::I8(Arc::new(packed)),
                 bias: bias.and_then(|b| v.constant(b)).map(|t| Arc::new(t.to_f32_vec())),
                 lora: None,
+                patch: None,
             };
             Some((at, Node { name: n.name.clone(), op: Op::Linear(lin), inputs: vec![Some(x)], outputs: vec![out] }))
         };
@@ -587,7 +588,7 @@ pub fn fuse_attention(g: &mut Graph) {
             };
             // Scales multiply in the order ONNX Runtime folds them (input side, then output side),
             // so the product rounds the same.
-            let op = Attention { scale: s1 * s2 * s0, q_layout, k_layout, v_layout, causal: false, out_bshd };
+            let op = Attention { scale: s1 * s2 * s0, q_layout, k_layout, v_layout, causal: false, out_bshd, prefix: None };
             Some((at, Node { name: n.name.clone(), op: Op::Attention(op), inputs: vec![Some(q), Some(k), Some(val), mask], outputs: vec![out] }))
         };
         if let Some((at, node)) = m() {

@@ -7,6 +7,7 @@
 //! are read in place, in whichever layout the projections left them: the per-head transposes
 //! of the exported graph are never materialized.
 
+pub use super::attention_prefix::PrefixKv;
 use super::{broadcast, shape_err};
 use crate::error::Result;
 use crate::kernels::attention::{attention_f32, AttentionDims, MaskView, Operand, Strides};
@@ -23,7 +24,7 @@ pub enum Layout {
 }
 
 /// The fused attention op.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Attention {
     /// The factor on Q·Kᵀ.
     pub scale: f32,
@@ -38,6 +39,26 @@ pub struct Attention {
     /// Whether the output is [B, S, H, D] (the following transpose was absorbed) rather than
     /// [B, H, S, D].
     pub out_bshd: bool,
+    /// A user's prefix-tuning keys and values, when a delta has them.
+    pub prefix: Option<std::sync::Arc<PrefixKv>>,
+}
+
+// Written by hand so that an unpatched op prints exactly as the derived form did before the
+// prefix existed: the base fingerprint hashes this text.
+impl std::fmt::Debug for Attention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Attention");
+        d.field("scale", &self.scale)
+            .field("q_layout", &self.q_layout)
+            .field("k_layout", &self.k_layout)
+            .field("v_layout", &self.v_layout)
+            .field("causal", &self.causal)
+            .field("out_bshd", &self.out_bshd);
+        if let Some(p) = &self.prefix {
+            d.field("prefix_len", &p.len);
+        }
+        d.finish()
+    }
 }
 
 /// The mask's elements and (batch, head, row) strides for scores of shape `full`
@@ -95,11 +116,28 @@ impl Attention {
         let full = [b, h, sq, sk];
         let prepared = mask.map(|m| prepare_mask(m, full)).transpose()?;
         let mask_view = prepared.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
-        let q = Operand { data: q.typed::<f32>("Q")?, strides: qs };
-        let k = Operand { data: k.typed::<f32>("K")?, strides: ks };
-        let v = Operand { data: v.typed::<f32>("V")?, strides: vst };
         let mut out = vec![0f32; b * sq * h * d];
-        attention_f32(q, k, v, mask_view.as_ref(), self.causal, self.scale, &dims, &mut out);
+        let qo = Operand { data: q.typed::<f32>("Q")?, strides: qs };
+        match &self.prefix {
+            None => {
+                let k = Operand { data: k.typed::<f32>("K")?, strides: ks };
+                let v = Operand { data: v.typed::<f32>("V")?, strides: vst };
+                attention_f32(qo, k, v, mask_view.as_ref(), self.causal, self.scale, &dims, &mut out);
+            }
+            Some(p) => {
+                if p.k.len() != p.len * kh * d || p.v.len() != p.len * kh * d {
+                    return Err(shape_err(format!("Attention prefix of {} rows does not fit {kh} kv heads of {d}", p.len)));
+                }
+                let kp = p.prepend(&p.k, &to_bhsd(k, self.k_layout)?, b, kh, sk, d);
+                let vp = p.prepend(&p.v, &to_bhsd(v, self.v_layout)?, b, kh, sk, d);
+                let total = p.len + sk;
+                let ext = mask_view.as_ref().map(|m| p.extend_mask(m, b, h, sq, sk));
+                let ext_view = ext.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
+                let dims = AttentionDims { kv_len: total, ..dims };
+                let st = Strides::bhsd(kh, total, d);
+                attention_f32(qo, Operand { data: &kp, strides: st }, Operand { data: &vp, strides: st }, ext_view.as_ref(), self.causal, self.scale, &dims, &mut out);
+            }
+        }
         if self.out_bshd {
             Ok(Tensor::from_parts(shape_of(&[b, sq, h, d])?, out))
         } else {

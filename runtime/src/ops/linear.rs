@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use super::linear_patch::{scale_rows, LinearPatch};
 use super::shape_err;
 use crate::error::Result;
 use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_bt};
@@ -40,6 +41,8 @@ pub struct Linear {
     pub bias: Option<Arc<Vec<f32>>>,
     /// A user's LoRA side path, when a delta is applied (the frozen weight is untouched).
     pub lora: Option<Arc<LoraPatch>>,
+    /// A user's (IA)3 scales and bottleneck adapter, when a delta has them.
+    pub patch: Option<Arc<LinearPatch>>,
 }
 
 /// The LoRA side path of one `Linear`: y += scale · (x·Aᵀ)·Bᵀ.
@@ -99,13 +102,49 @@ impl Linear {
         self.k * self.n + self.bias.as_ref().map_or(0, |b| b.len())
     }
 
-    /// y[..., N] = x[..., K] · W + b.
+    /// y[..., N] = x[..., K] · W + b, with the delta's LoRA path and patch (see
+    /// [`super::linear_patch`]) when it has them.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let v = x.typed::<f32>("Linear input")?;
         let k = *x.shape().last().ok_or_else(|| shape_err("Linear of a scalar"))?;
         if k != self.k {
             return Err(shape_err(format!("Linear `{}`: input has {k} features, weight expects {}", self.module, self.k)));
         }
+        let out = match self.patch.as_deref() {
+            None => self.core(v),
+            Some(p) => {
+                let mut out = self.pre_adapter(v, p);
+                if let Some(a) = &p.adapter {
+                    a.forward_in_place(&mut out, self.n);
+                }
+                out
+            }
+        };
+        let mut shape = x.dims().clone();
+        let last = shape.len() - 1;
+        shape[last] = self.n;
+        Ok(Tensor::from_parts(shape_of(&shape)?, out))
+    }
+
+    /// `y1 = ((x ⊙ s_in)·W + b + LoRA) ⊙ s_out`: the patched layer's output before its adapter.
+    pub fn pre_adapter(&self, v: &[f32], p: &LinearPatch) -> Vec<f32> {
+        let mut out = match &p.scale_in {
+            Some(s) => {
+                let mut xs = v.to_vec();
+                scale_rows(&mut xs, s);
+                self.core(&xs)
+            }
+            None => self.core(v),
+        };
+        if let Some(s) = &p.scale_out {
+            scale_rows(&mut out, s);
+        }
+        out
+    }
+
+    /// `x·W + b (+ LoRA)` over rows of `k`, without the patch.
+    pub fn core(&self, v: &[f32]) -> Vec<f32> {
+        let k = self.k;
         let m = v.len() / k.max(1);
         let mut out = vec![0f32; m * self.n];
         match &self.weight {
@@ -136,10 +175,7 @@ impl Linear {
             t.iter_mut().for_each(|x| *x *= lora.scale);
             matmul_f32_bt(&t, &lora.b, &mut out, m, lora.r, self.n, true);
         }
-        let mut shape = x.dims().clone();
-        let last = shape.len() - 1;
-        shape[last] = self.n;
-        Ok(Tensor::from_parts(shape_of(&shape)?, out))
+        out
     }
 
     /// The weight as f32 K×N: borrowed for f32 layers, dequantized into a new buffer for int8
@@ -163,7 +199,7 @@ mod tests {
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 10.0).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
-        let lin = Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.clone())), bias: Some(Arc::new(b.clone())), lora: None };
+        let lin = Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.clone())), bias: Some(Arc::new(b.clone())), lora: None, patch: None };
         let xt = Tensor::new(&[m, k], x.clone()).unwrap();
         let y = lin.forward(&xt).unwrap();
         // exact reference

@@ -3,10 +3,12 @@
 //! ONNX ones they replace.
 
 pub mod attention;
+pub mod attention_prefix;
 pub mod broadcast;
 pub mod elementwise;
 pub mod gather;
 pub mod linear;
+pub mod linear_patch;
 pub mod matmul;
 pub mod norm;
 pub mod quant;

@@ -6,7 +6,12 @@
 //!
 //! Tensor names in a delta: `<module>.lora_A` [r × k] and `<module>.lora_B` [n × r] for LoRA
 //! (PEFT's layouts), `<module>.bias` [n] for a `Linear`'s bias delta, and the name of any other
-//! constant (e.g. a LayerNorm's `...LayerNorm.bias`) for a delta added to it.
+//! constant (e.g. a LayerNorm's `...LayerNorm.bias`) for a delta added to it. The other
+//! methods' names: `<module>.weight` `[k, n]` replaces a `Linear`'s weight (top-layer
+//! fine-tuning), `<module>.ia3_in` `[k]` / `.ia3_out` `[n]` scale its input / output ((IA)3),
+//! `<module>.adapter.{down, down_bias, up, up_bias}` add a bottleneck adapter after it, and
+//! `prefix.<i>.key` / `.value` `[len, kv_heads·head_dim]` give the i-th `Attention` node a
+//! prefix.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +19,10 @@ use std::sync::Arc;
 use crate::delta::{Delta, DeltaError};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
-use crate::ops::{LoraPatch, Op};
+use crate::ops::attention_prefix::PrefixKv;
+use crate::ops::linear::LinearWeight;
+use crate::ops::linear_patch::{BottleneckAdapter, LinearPatch};
+use crate::ops::{Linear, LoraPatch, Op};
 use crate::peft::PeftMethod;
 use crate::tensor::Tensor;
 
@@ -62,6 +70,7 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
             (None, None) => {}
             _ => return Err(bad(&a_name, "lora_A and lora_B must come together")),
         }
+        patch_linear(l, &values, &delta.method, &mut |name| mark(&mut used, name))?;
         if let Some((db, sh)) = values.get(bias_name.as_str()) {
             if sh != &[l.n as u32] {
                 return Err(bad(&bias_name, format!("shape {sh:?}, the bias has {}", l.n)));
@@ -71,9 +80,14 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
             mark(&mut used, &bias_name);
         }
     }
-    // Deltas on other named constants (LayerNorm biases, ...).
+    patch_attention(&mut g, &values, &mut |name| mark(&mut used, name))?;
+    // Deltas on other named constants (LayerNorm biases, ...), unless a Linear took the name.
     for val in &mut g.values {
         let Some(c) = &val.constant else { continue };
+        let taken = delta.tensors.iter().position(|t| t.name == val.name).is_some_and(|i| used[i]);
+        if taken {
+            continue;
+        }
         if let Some((d, sh)) = values.get(val.name.as_str()) {
             let cur = c.as_slice::<f32>().ok_or_else(|| bad(&val.name, "targets a non-f32 constant"))?;
             if sh.iter().map(|&x| x as usize).collect::<Vec<_>>() != c.shape() {
@@ -99,6 +113,98 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
 pub fn check_base(delta: &Delta, fingerprint: &[u8; 32]) -> Result<()> {
     if &delta.base_fingerprint != fingerprint {
         return Err(DeltaError::WrongBase { expected: crate::delta::hex(fingerprint), found: crate::delta::hex(&delta.base_fingerprint) }.into());
+    }
+    Ok(())
+}
+
+type Values<'a> = HashMap<&'a str, (Vec<f32>, &'a [u32])>;
+
+/// Applies the non-LoRA parts of a delta to one `Linear`: a replaced weight, (IA)3 scales and
+/// an adapter. `take` marks a tensor as used.
+fn patch_linear(l: &mut Linear, values: &Values<'_>, method: &PeftMethod, take: &mut dyn FnMut(&str)) -> Result<()> {
+    let get = |suffix: &str, want: &[usize]| -> Result<Option<(String, Vec<f32>)>> {
+        let name = format!("{}.{suffix}", l.module);
+        match values.get(name.as_str()) {
+            None => Ok(None),
+            Some((v, sh)) => {
+                let sh: Vec<usize> = sh.iter().map(|&d| d as usize).collect();
+                if sh != want {
+                    return Err(bad(&name, format!("shape {sh:?}, expected {want:?} for this {}×{} Linear", l.k, l.n)));
+                }
+                Ok(Some((name, v.clone())))
+            }
+        }
+    };
+    if let Some((name, w)) = get("weight", &[l.k, l.n])? {
+        l.weight = LinearWeight::F32(Arc::new(w));
+        take(&name);
+    }
+    let (iname, vname) = crate::peft::diff_pruning::tensor_names(&l.module);
+    if let (Some((idx, ish)), Some((val, vsh))) = (values.get(iname.as_str()), values.get(vname.as_str())) {
+        if ish.len() != 1 || ish != vsh {
+            return Err(bad(&iname, format!("indices {ish:?} and values {vsh:?} must be vectors of one length")));
+        }
+        let mut w = l.weight_f32().into_owned();
+        for (&i, &v) in idx.iter().zip(val) {
+            // Indices travel as f32 integers (exact below 2^24, which bounds the weight's size).
+            if i.fract() != 0.0 || i < 0.0 || i as usize >= w.len() {
+                return Err(bad(&iname, format!("index {i} is not a whole number below {}", w.len())));
+            }
+            w[i as usize] += v;
+        }
+        l.weight = LinearWeight::F32(Arc::new(w));
+        take(&iname);
+        take(&vname);
+    }
+    let mut patch = LinearPatch::default();
+    if let Some((name, s)) = get("ia3_in", &[l.k])? {
+        patch.scale_in = Some(s);
+        take(&name);
+    }
+    if let Some((name, s)) = get("ia3_out", &[l.n])? {
+        patch.scale_out = Some(s);
+        take(&name);
+    }
+    let down_name = format!("{}.adapter.down", l.module);
+    if let Some((_, sh)) = values.get(down_name.as_str()) {
+        let PeftMethod::Adapter(cfg) = method else {
+            return Err(bad(&down_name, "adapter tensors in a delta whose method is not an adapter"));
+        };
+        let m = *sh.first().ok_or_else(|| bad(&down_name, "scalar"))? as usize;
+        let parts = (get("adapter.down", &[m, l.n])?, get("adapter.down_bias", &[m])?, get("adapter.up", &[l.n, m])?, get("adapter.up_bias", &[l.n])?);
+        let (Some(down), Some(down_bias), Some(up), Some(up_bias)) = parts else {
+            return Err(bad(&down_name, "an adapter needs down, down_bias, up and up_bias"));
+        };
+        for n in [&down.0, &down_bias.0, &up.0, &up_bias.0] {
+            take(n);
+        }
+        patch.adapter = Some(BottleneckAdapter { m, down: down.1, down_bias: down_bias.1, up: up.1, up_bias: up_bias.1, activation: cfg.activation });
+    }
+    if patch != LinearPatch::default() {
+        l.patch = Some(Arc::new(patch));
+    }
+    Ok(())
+}
+
+/// Gives each `Attention` node the prefix its delta holds, if any.
+fn patch_attention(g: &mut Graph, values: &Values<'_>, take: &mut dyn FnMut(&str)) -> Result<()> {
+    let mut layer = 0;
+    for n in &mut g.nodes {
+        let Op::Attention(a) = &mut n.op else { continue };
+        let (kn, vn) = crate::peft::prefix::tensor_names(layer);
+        layer += 1;
+        match (values.get(kn.as_str()), values.get(vn.as_str())) {
+            (None, None) => {}
+            (Some((k, ks)), Some((v, vs))) => {
+                if ks.len() != 2 || ks != vs || ks[0] == 0 {
+                    return Err(bad(&kn, format!("prefix keys {ks:?} and values {vs:?} must both be [len, kv_heads·head_dim]")));
+                }
+                a.prefix = Some(Arc::new(PrefixKv { len: ks[0] as usize, k: k.clone(), v: v.clone() }));
+                take(&kn);
+                take(&vn);
+            }
+            _ => return Err(bad(&kn, "prefix keys and values must come together")),
+        }
     }
     Ok(())
 }

@@ -8,6 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+pub use super::adapter::AdapterConfig;
+pub use super::diff_pruning::DiffPruningConfig;
+pub use super::ia3::Ia3Config;
+pub use super::prefix::PrefixConfig;
+pub use super::top_layers::TopLayersConfig;
 
 fn bad(msg: impl Into<String>) -> Error {
     Error::Config(msg.into())
@@ -197,6 +202,18 @@ pub enum PeftMethod {
     Lora(LoraConfig),
     /// Bias-only fine-tuning.
     BitFit(BitFitConfig),
+    /// Only the task head is trained; the base is untouched.
+    HeadOnly,
+    /// The last N blocks' weights (all of them: full fine-tuning).
+    TopLayers(TopLayersConfig),
+    /// (IA)3 scaling vectors.
+    Ia3(Ia3Config),
+    /// Bottleneck adapters (Houlsby or Pfeiffer).
+    Adapter(AdapterConfig),
+    /// Prefix tuning.
+    Prefix(PrefixConfig),
+    /// Diff pruning: a sparse additive δ on the weights.
+    DiffPruning(DiffPruningConfig),
 }
 
 impl Default for PeftMethod {
@@ -211,6 +228,33 @@ impl PeftMethod {
         match self {
             PeftMethod::Lora(c) => c.validate(),
             PeftMethod::BitFit(c) => c.validate(),
+            PeftMethod::HeadOnly => Ok(()),
+            PeftMethod::TopLayers(c) => c.validate(),
+            PeftMethod::Ia3(c) => c.validate(),
+            PeftMethod::Adapter(c) => c.validate(),
+            PeftMethod::Prefix(c) => c.validate(),
+            PeftMethod::DiffPruning(c) => c.validate(),
+        }
+    }
+
+    /// Whether delta format version 1 can hold this method (LoRA and BitFit); the others
+    /// arrived with version 2.
+    pub fn in_format_v1(&self) -> bool {
+        matches!(self, PeftMethod::Lora(_) | PeftMethod::BitFit(_))
+    }
+
+    /// A short human-readable name with the main settings.
+    pub fn describe(&self) -> String {
+        match self {
+            PeftMethod::Lora(c) => format!("LoRA r={} alpha={}", c.r, c.alpha),
+            PeftMethod::BitFit(c) => format!("BitFit {:?}{}", c.variant, if c.include_layer_norm { " + LayerNorm" } else { "" }),
+            PeftMethod::HeadOnly => "head only".into(),
+            PeftMethod::TopLayers(c) if c.layers == u32::MAX => "full fine-tuning (every block)".into(),
+            PeftMethod::TopLayers(c) => format!("top {} layers", c.layers),
+            PeftMethod::Ia3(_) => "(IA)3".into(),
+            PeftMethod::Adapter(c) => format!("{:?} adapter m={} {:?}", c.placement, c.bottleneck, c.activation),
+            PeftMethod::Prefix(c) => format!("prefix tuning len={} (MLP {})", c.len, c.mlp_hidden),
+            PeftMethod::DiffPruning(c) => format!("diff pruning density={}", c.density),
         }
     }
 }

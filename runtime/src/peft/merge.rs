@@ -32,6 +32,7 @@ use crate::kernels::gemm_i8::PackedI8;
 use crate::kernels::quantize::quantize_weight_per_channel;
 use crate::ops::{Linear, LinearWeight, LoraPatch, Op};
 use crate::peft::apply::{apply_delta, check_base, HEAD_PREFIX};
+use crate::peft::PeftMethod;
 
 pub use adapter_ready::{adapter_ready_onnx, AdapterInput, AdapterInputKind, AdapterReady, AdapterReadyConfig};
 pub use to_onnx::{merge_onnx, MergedOnnx, HEAD_OUTPUT, REGRESSION_OUTPUT};
@@ -220,10 +221,17 @@ pub fn lora_update_kn(lora: &LoraPatch, k: usize, n: usize) -> Vec<f32> {
 pub fn merge_graph(graph: &Graph, delta: &Delta, options: &MergeOptions) -> Result<(Graph, MergeReport)> {
     // The session's patch (side paths, bias and constant deltas, with all its checks), then
     // fold the side paths in.
+    if matches!(delta.method, PeftMethod::Adapter(_) | PeftMethod::Prefix(_)) {
+        return Err(crate::Error::Config(format!("a {} delta adds layers or keys to the model and has no merge: run it as a delta", delta.method.describe())));
+    }
     let mut g = apply_delta(graph, delta)?;
     let mut report = count_vector_deltas(graph, delta);
     for n in &mut g.nodes {
         let Op::Linear(l) = &mut n.op else { continue };
+        if let Some(p) = l.patch.take() {
+            crate::peft::ia3::fold(l, &p)?;
+            report.layers.push(exact_layer(&l.module, LayerAction::MergedF32));
+        }
         let Some(lora) = l.lora.clone() else { continue };
         let layer = match &l.weight {
             LinearWeight::F32(w) => {
@@ -330,6 +338,9 @@ fn requantize(l: &Linear, p: &PackedI8, lora: &LoraPatch) -> Result<(PackedI8, L
 /// from f32 weights, int8 side paths dropped, bias and constant deltas subtracted. A layer whose
 /// update was requantized into int8 is refused ([`MergeError::Irreversible`]).
 pub fn unmerge_graph(graph: &Graph, delta: &Delta) -> Result<Graph> {
+    if !delta.method.in_format_v1() {
+        return Err(crate::Error::Config(format!("unmerge takes out LoRA and BitFit deltas, not {}", delta.method.describe())));
+    }
     let mut g = graph.clone();
     let mut negated = delta.clone();
     negated.tensors.clear();

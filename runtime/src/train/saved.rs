@@ -18,7 +18,7 @@ pub fn saved_values(g: &Graph, t: &Trainables) -> Vec<bool> {
     for &o in &g.outputs {
         saved[o] = true;
     }
-    for n in &g.nodes {
+    for (i, n) in g.nodes.iter().enumerate() {
         // A node's backward runs only if its output leads to a trainable.
         if !n.outputs.iter().any(|&o| reach[o]) {
             continue;
@@ -29,9 +29,10 @@ pub fn saved_values(g: &Graph, t: &Trainables) -> Vec<bool> {
             }
         };
         match &n.op {
-            // The frozen path needs only the weight; the LoRA path reads x.
+            // The frozen path needs only the weight; the LoRA path, a patch and a trained
+            // weight read x.
             Op::Linear(l) => {
-                if l.lora.is_some() {
+                if l.lora.is_some() || l.patch.is_some() || t.linear_weight.contains(&i) {
                     keep(0);
                 }
             }

@@ -8,7 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::backward::{activation, attention as attn_bw, linear as lin_bw, norm as norm_bw, rotary as rotary_bw};
+use super::backward::{activation, attention as attn_bw, linear as lin_bw, norm as norm_bw, patch as patch_bw, rotary as rotary_bw};
+use crate::ops::linear_patch::scale_rows;
 use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
 use crate::kernels::attention::{AttentionDims, MaskView};
@@ -27,6 +28,12 @@ pub struct Trainables {
     pub linear_bias: HashSet<usize>,
     /// Constant values trained as additive deltas (e.g. LayerNorm β for BitFit).
     pub constants: HashSet<ValueId>,
+    /// Nodes whose `Linear` weight is trained outright (top-layer fine-tuning).
+    pub linear_weight: HashSet<usize>,
+    /// Nodes whose `Linear` patch ((IA)3 scales, adapter) is trained.
+    pub patch: HashSet<usize>,
+    /// `Attention` nodes whose prefix keys and values are trained.
+    pub prefix: HashSet<usize>,
 }
 
 /// Gradients of the loss with respect to every trainable.
@@ -38,6 +45,23 @@ pub struct Grads {
     pub linear_bias: HashMap<usize, Vec<f32>>,
     /// Per constant value: d(delta), its shape.
     pub constants: HashMap<ValueId, Vec<f32>>,
+    /// Per node: d(weight) `[k×n]`.
+    pub linear_weight: HashMap<usize, Vec<f32>>,
+    /// Per node: the patch's gradients.
+    pub patch: HashMap<usize, PatchGrads>,
+    /// Per `Attention` node: (d prefix keys, d prefix values), each `[len × kv_heads·head_dim]`.
+    pub prefix: HashMap<usize, (Vec<f32>, Vec<f32>)>,
+}
+
+/// Gradients of one `Linear`'s patch; a part is `None` when the patch has none.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PatchGrads {
+    /// d(s_in), `[k]`.
+    pub scale_in: Option<Vec<f32>>,
+    /// d(s_out), `[n]`.
+    pub scale_out: Option<Vec<f32>>,
+    /// The adapter's gradients.
+    pub adapter: Option<patch_bw::AdapterGrads>,
 }
 
 fn unsupported(op: &Op) -> Error {
@@ -62,7 +86,7 @@ pub(crate) fn reaching(g: &Graph, t: &Trainables) -> Vec<bool> {
         r[c] = true;
     }
     for (i, n) in g.nodes.iter().enumerate() {
-        let own = t.lora.contains(&i) || t.linear_bias.contains(&i);
+        let own = t.lora.contains(&i) || t.linear_bias.contains(&i) || t.linear_weight.contains(&i) || t.patch.contains(&i) || t.prefix.contains(&i);
         if own || n.inputs.iter().flatten().any(|&v| r[v]) {
             for &o in &n.outputs {
                 r[o] = true;
@@ -150,27 +174,67 @@ impl<'g> Reverse<'g> {
             let n = &g.nodes[i];
             let Some(&o) = n.outputs.first() else { continue };
             let Some(dy) = grads[o].take() else { continue };
+            // Only the loss's seed can arrive at a node no trainable feeds (head-only
+            // training): there is nothing to send back, and `saved` kept none of its inputs.
+            if !n.outputs.iter().any(|&v| reach[v]) {
+                continue;
+            }
             let inp = |k: usize| n.inputs.get(k).copied().flatten();
             let wants = |k: usize| inp(k).is_some_and(|v| reach[v] || t.constants.contains(&v));
             match &n.op {
                 Op::Linear(l) => {
                     let x_id = inp(0).ok_or_else(|| unsupported(&n.op))?;
-                    // Rows from dy: x is kept only when a LoRA path needs it (see `saved`).
+                    // Rows from dy: x is kept only when a LoRA path, a patch or a trained
+                    // weight needs it (see `saved`).
                     let rows = dy.len() / l.n.max(1);
+                    let patch = l.patch.as_deref();
+                    let needs_x = l.lora.is_some() || patch.is_some() || t.linear_weight.contains(&i);
+                    let x = if needs_x { Some(f32s(x_id)?) } else { None };
+                    // x' = x ⊙ s_in: what the frozen weight, LoRA and a trained weight see.
+                    let scaled_in: Option<Vec<f32>> = match (patch.and_then(|p| p.scale_in.as_ref()), x) {
+                        (Some(s), Some(x)) => {
+                            let mut v = x.to_vec();
+                            scale_rows(&mut v, s);
+                            Some(v)
+                        }
+                        _ => None,
+                    };
+                    let xs = scaled_in.as_deref().or(x);
+                    let mut pg = PatchGrads::default();
+                    let mut dy = dy;
+                    if let (Some(p), Some(xs)) = (patch, xs) {
+                        if let Some(a) = &p.adapter {
+                            let mut y1 = l.core(xs);
+                            if let Some(s) = &p.scale_out {
+                                scale_rows(&mut y1, s);
+                            }
+                            let (d, g) = patch_bw::adapter_backward(a, &y1, l.n, &dy);
+                            dy = d;
+                            pg.adapter = Some(g);
+                        }
+                        if let Some(s) = &p.scale_out {
+                            pg.scale_out = Some(patch_bw::scale_grad(&l.core(xs), &dy, l.n));
+                            scale_rows(&mut dy, s);
+                        }
+                    }
                     if t.linear_bias.contains(&i) {
                         out.linear_bias.insert(i, lin_bw::linear_bias_grad(&dy, l.n));
                     }
-                    let mut dx = if wants(0) { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
+                    if let (true, Some(xs)) = (t.linear_weight.contains(&i), xs) {
+                        out.linear_weight.insert(i, patch_bw::weight_grad(xs, &dy, l.k, l.n));
+                    }
+                    let scale_in = patch.and_then(|p| p.scale_in.as_ref());
+                    let mut dx = if wants(0) || scale_in.is_some() { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
                     if let Some(lora) = &l.lora {
                         let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
                         // With dropout, the side path saw x ⊙ mask/(1−p), and its input gradient
-                    // goes back through the same mask.
-                    let x = f32s(x_id)?;
-                    let dropped = lora.dropout.map(|d| d.apply(x));
-                    let mut gr = lin_bw::lora_backward(dropped.as_deref().unwrap_or(x), &lora.a, &lora.b, lora.scale, shape, &dy);
-                    if let Some(d) = lora.dropout {
-                        gr.dx = d.apply(&gr.dx);
-                    }
+                        // goes back through the same mask.
+                        let x = xs.ok_or_else(|| unsupported(&n.op))?;
+                        let dropped = lora.dropout.map(|d| d.apply(x));
+                        let mut gr = lin_bw::lora_backward(dropped.as_deref().unwrap_or(x), &lora.a, &lora.b, lora.scale, shape, &dy);
+                        if let Some(d) = lora.dropout {
+                            gr.dx = d.apply(&gr.dx);
+                        }
                         if t.lora.contains(&i) {
                             out.lora.insert(i, (gr.da, gr.db));
                         }
@@ -178,7 +242,15 @@ impl<'g> Reverse<'g> {
                             dx.iter_mut().zip(&gr.dx).for_each(|(a, b)| *a += b);
                         }
                     }
-                    if let Some(dx) = dx {
+                    if let (Some(s), Some(dx), Some(x)) = (scale_in, &mut dx, x) {
+                        // dx' is the gradient at x ⊙ s_in: ds_in = Σ dx' ⊙ x, dx = dx' ⊙ s_in.
+                        pg.scale_in = Some(patch_bw::scale_grad(x, dx, l.k));
+                        scale_rows(dx, s);
+                    }
+                    if t.patch.contains(&i) {
+                        out.patch.insert(i, pg);
+                    }
+                    if let (true, Some(dx)) = (wants(0), dx) {
                         send(&mut grads, inp(0), dx, &mut out);
                     }
                 }
@@ -186,6 +258,7 @@ impl<'g> Reverse<'g> {
                     let gamma = f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?;
                     let gr = norm_bw::layer_norm_backward(f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, gamma, *epsilon, &dy);
                     send(&mut grads, inp(0), gr.dx, &mut out);
+                    send(&mut grads, inp(1), gr.dgamma, &mut out);
                     send(&mut grads, inp(2), gr.dbeta, &mut out);
                 }
                 Op::AddLayerNorm { epsilon } => {
@@ -194,6 +267,7 @@ impl<'g> Reverse<'g> {
                     let gr = norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy);
                     send(&mut grads, inp(0), gr.dx.clone(), &mut out);
                     send(&mut grads, inp(1), gr.dx, &mut out);
+                    send(&mut grads, inp(2), gr.dgamma, &mut out);
                     send(&mut grads, inp(3), gr.dbeta, &mut out);
                 }
                 Op::RmsNorm { epsilon } => {
@@ -228,7 +302,26 @@ impl<'g> Reverse<'g> {
                     };
                     let mv = mask.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
                     let dout = if a.out_bshd { dy } else { permute(&dy, &[b, h, sq, d], &[0, 2, 1, 3]) };
-                    let gr = attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &to_bhsd(kt, a.k_layout)?, &to_bhsd(vt, a.v_layout)?, mv.as_ref(), a.causal, a.scale, &dims, &dout);
+                    let (kb, vb) = (to_bhsd(kt, a.k_layout)?, to_bhsd(vt, a.v_layout)?);
+                    let gr = match &a.prefix {
+                        None => attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &kb, &vb, mv.as_ref(), a.causal, a.scale, &dims, &dout),
+                        Some(p) => {
+                            // The forward's prepended keys, values and widened mask, then the
+                            // prefix rows' share of dK and dV split off.
+                            let (kp, vp) = (p.prepend(&p.k, &kb, b, kh, sk, d), p.prepend(&p.v, &vb, b, kh, sk, d));
+                            let ext = mv.as_ref().map(|m| p.extend_mask(m, b, h, sq, sk));
+                            let ev = ext.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
+                            let pd = AttentionDims { kv_len: p.len + sk, ..dims };
+                            let mut gr = attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &kp, &vp, ev.as_ref(), a.causal, a.scale, &pd, &dout);
+                            let (dpk, dk) = p.split_grad(&gr.dk, b, kh, sk, d);
+                            let (dpv, dv) = p.split_grad(&gr.dv, b, kh, sk, d);
+                            if t.prefix.contains(&i) {
+                                out.prefix.insert(i, (dpk, dpv));
+                            }
+                            (gr.dk, gr.dv) = (dk, dv);
+                            gr
+                        }
+                    };
                     let back = |x: Vec<f32>, heads: usize, len: usize, layout: Layout| match layout {
                         Layout::Bhsd => x,
                         Layout::Bshd => permute(&x, &[b, heads, len, d], &[0, 2, 1, 3]),

@@ -19,11 +19,14 @@ use crate::error::{Error, Result};
 use crate::ops::linear::LoraDropout;
 use crate::ops::Op;
 use crate::peft::apply::HEAD_PREFIX;
-use crate::peft::{BitFitVariant, PeftMethod, TaskHead};
+use crate::peft::{PeftMethod, TaskHead};
 use crate::session::{Session, SessionConfig};
 
 pub use super::batch::{Batch, Targets};
 pub use super::evaluate::Evaluation;
+
+/// Gradients by tensor name, as [`Trainer::gradients`] returns them.
+pub type NamedGradients = Vec<(String, Vec<f32>)>;
 
 /// Settings for a [`Trainer`].
 #[derive(Clone, Debug, Default)]
@@ -58,23 +61,13 @@ pub struct StepReport {
     pub guard: GuardAction,
 }
 
-/// A trainable parameter tensor of the delta.
-#[derive(Clone, Debug)]
-struct Param {
-    name: String,
-    shape: Vec<u32>,
-    values: Vec<f32>,
-    /// Weight decay applies (not to biases).
-    decay: bool,
-}
-
 /// Trains a delta on a frozen base.
 pub struct Trainer {
     base: Arc<Base>,
     method: PeftMethod,
     task: TaskHead,
     session: Session,
-    params: Vec<Param>,
+    params: Vec<super::params::Param>,
     /// The pooled linear head; `None` for a causal LM, which uses the base's own LM head.
     head: Option<PooledHead>,
     optimizer: Optimizer,
@@ -83,6 +76,8 @@ pub struct Trainer {
     memory_budget: Option<usize>,
     /// The seed LoRA dropout masks are drawn from (with the step and the layer).
     seed: u64,
+    /// Prefix tuning's reparameterization MLP, whose parameters are the `prefix_mlp.*` ones.
+    prefix_mlp: Option<super::prefix_mlp::PrefixMlp>,
     /// Where the graph is cut for checkpointing (made on first use).
     pieces: Option<super::checkpoint::Pieces>,
     /// Activation bytes per token of a step without checkpointing, once measured.
@@ -118,49 +113,8 @@ impl Trainer {
         config.guard.validate()?;
         task.validate()?;
         let mut rng = Rng::new(config.seed);
-        let mut params = Vec::new();
-        match &method {
-            PeftMethod::Lora(c) => {
-                c.validate()?;
-                for l in base.linears() {
-                    if !c.matches(&l.module) {
-                        continue;
-                    }
-                    let r = c.rank_for(&l.module) as usize;
-                    let bound = 1.0 / (l.k as f32).sqrt();
-                    params.push(Param { name: format!("{}.lora_A", l.module), shape: vec![r as u32, l.k as u32], values: rng.uniform_vec(r * l.k, bound), decay: true });
-                    params.push(Param { name: format!("{}.lora_B", l.module), shape: vec![l.n as u32, r as u32], values: vec![0.0; l.n * r], decay: true });
-                }
-            }
-            PeftMethod::BitFit(c) => {
-                for l in base.linears() {
-                    let pick = match c.variant {
-                        BitFitVariant::All => true,
-                        // The seed paper's variant: the query bias and the MLP's middle bias.
-                        BitFitVariant::QueryAndMlp => {
-                            l.module.ends_with("query") || l.module.ends_with("q_proj") || l.module.ends_with("intermediate.dense") || l.module.ends_with("up_proj")
-                        }
-                    };
-                    if pick && l.bias.is_some() {
-                        params.push(Param { name: format!("{}.bias", l.module), shape: vec![l.n as u32], values: vec![0.0; l.n], decay: false });
-                    }
-                }
-                if c.include_layer_norm && c.variant == BitFitVariant::All {
-                    let g = base.graph();
-                    for n in &g.nodes {
-                        let beta = match n.op {
-                            Op::LayerNorm { .. } => n.inputs.get(2).copied().flatten(),
-                            Op::AddLayerNorm { .. } => n.inputs.get(3).copied().flatten(),
-                            _ => None,
-                        };
-                        if let Some(t) = beta.and_then(|b| g.constant(b).map(|t| (b, t))) {
-                            params.push(Param { name: g.values[t.0].name.clone(), shape: t.1.shape().iter().map(|&d| d as u32).collect(), values: vec![0.0; t.1.len()], decay: false });
-                        }
-                    }
-                }
-            }
-        }
-        if params.is_empty() {
+        let (params, prefix_mlp) = super::params::init(&base, &method, &mut rng)?;
+        if params.is_empty() && method != PeftMethod::HeadOnly {
             return Err(Error::Config(match method {
                 // RMSNorm's weight is a scale, not a bias: training it would be another method
                 // under BitFit's name, so a bias-free base gets an error instead.
@@ -184,6 +138,7 @@ impl Trainer {
             task,
             params,
             head,
+            prefix_mlp,
             last_good: LastGood { values: Vec::new(), optimizer: optimizer.clone() },
             optimizer,
             steps: 0,
@@ -205,7 +160,20 @@ impl Trainer {
     /// The delta as it stands now (parameters, head, summary), ready to save. The guard keeps
     /// every value finite: an update that made one non-finite has been rolled back.
     pub fn delta(&self) -> Delta {
-        let mut tensors: Vec<NamedTensor> = self.params.iter().map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect();
+        let mut tensors: Vec<NamedTensor> = match &self.method {
+            PeftMethod::DiffPruning(c) => super::diff::sparse_delta(c, &self.params),
+            _ => self.params.iter().filter(|p| !p.name.starts_with("prefix_mlp.")).map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect(),
+        };
+        if let Some(m) = &self.prefix_mlp {
+            // The MLP is dropped here: the delta holds only the prefixes it produces.
+            let (_, p) = m.forward(self.mlp_params());
+            for l in 0..m.layers {
+                let (k, v) = m.layer(&p, l);
+                let (kn, vn) = crate::peft::prefix::tensor_names(l);
+                tensors.push(NamedTensor::f32(kn, &[m.len as u32, m.d as u32], k));
+                tensors.push(NamedTensor::f32(vn, &[m.len as u32, m.d as u32], v));
+            }
+        }
         if let Some(h) = &self.head {
             tensors.push(NamedTensor::f32(format!("{HEAD_PREFIX}weight"), &[h.outputs as u32, h.hidden as u32], h.weight.clone()));
             tensors.push(NamedTensor::f32(format!("{HEAD_PREFIX}bias"), &[h.outputs as u32], h.bias.clone()));
@@ -224,38 +192,48 @@ impl Trainer {
         self.params.iter().map(|p| p.values.len()).sum::<usize>() + self.head.as_ref().map_or(0, |h| h.weight.len() + h.bias.len())
     }
 
-    /// Re-applies the current parameters to the session's graph.
+    /// Re-applies the current parameters to the session's graph: the delta, or for diff
+    /// pruning the dense weights with this step's sampled gates (evaluation then runs the
+    /// saved, sparse delta in a session of its own).
     fn refresh(&mut self) -> Result<()> {
-        let d = self.delta();
+        let mut d = self.delta();
+        if matches!(self.method, PeftMethod::DiffPruning(_)) {
+            d.tensors.retain(|t| t.name.starts_with(HEAD_PREFIX));
+            d.tensors.extend(super::diff::training_weights(&self.base, &self.params, self.seed, self.steps)?);
+        }
         self.session.set_delta(Some(&d))
     }
 
-    fn trainables(&self) -> (Trainables, HashMap<usize, usize>) {
-        let g = self.session.graph();
-        let mut t = Trainables::default();
-        let mut node_of_param = HashMap::new();
-        for (i, n) in g.nodes.iter().enumerate() {
-            if let Op::Linear(l) = &n.op {
-                for (pi, p) in self.params.iter().enumerate() {
-                    if p.name == format!("{}.lora_A", l.module) || p.name == format!("{}.lora_B", l.module) {
-                        t.lora.insert(i);
-                        node_of_param.insert(pi, i);
-                    } else if p.name == format!("{}.bias", l.module) {
-                        t.linear_bias.insert(i);
-                        node_of_param.insert(pi, i);
-                    }
-                }
+    /// Runs `f` on the session that evaluates the delta as it would be saved.
+    fn with_eval_session<T>(&self, f: impl FnOnce(&Session) -> Result<T>) -> Result<T> {
+        match self.method {
+            PeftMethod::DiffPruning(_) => f(&Session::with_delta(self.base.clone(), &self.delta(), SessionConfig { threads: self.threads })?),
+            _ => f(&self.session),
+        }
+    }
+
+    fn trainables(&self) -> (Trainables, HashMap<usize, super::params::Loc>) {
+        super::params::locate(self.session.graph(), &self.params)
+    }
+
+    /// The prefix MLP's parameters, in [`super::prefix_mlp::PrefixMlp::NAMES`] order.
+    fn mlp_params(&self) -> super::prefix_mlp::MlpParams<'_> {
+        let find = |name: &str| self.params.iter().find(|p| p.name == name).map_or(&[][..], |p| p.values.as_slice());
+        let n = super::prefix_mlp::PrefixMlp::NAMES;
+        [find(n[0]), find(n[1]), find(n[2]), find(n[3]), find(n[4])]
+    }
+
+    /// The prefix MLP's parameter gradients from the tape's per-layer prefix gradients.
+    fn mlp_grads(&self, m: &super::prefix_mlp::PrefixMlp, grads: &super::tape::Grads) -> [Vec<f32>; 5] {
+        let attention: Vec<usize> = self.session.graph().nodes.iter().enumerate().filter(|(_, n)| matches!(n.op, Op::Attention(_))).map(|(i, _)| i).collect();
+        let mut dp = vec![0f32; m.len * m.out()];
+        for (l, at) in attention.iter().enumerate().take(m.layers) {
+            if let Some((dk, dv)) = grads.prefix.get(at) {
+                m.put_layer(&mut dp, l, dk, dv);
             }
         }
-        for (pi, p) in self.params.iter().enumerate() {
-            if let std::collections::hash_map::Entry::Vacant(e) = node_of_param.entry(pi) {
-                if let Some(v) = g.value_named(&p.name) {
-                    t.constants.insert(v);
-                    e.insert(v);
-                }
-            }
-        }
-        (t, node_of_param)
+        let (h, _) = m.forward(self.mlp_params());
+        m.backward(self.mlp_params(), &h, &dp)
     }
 
     /// One optimization step on `batch`, whose targets must fit the trainer's task.
@@ -265,39 +243,7 @@ impl Trainer {
     /// rolls the trainer back to its last good parameters and optimizer state. The report
     /// says which; [`Trainer::guard_stats`] counts them.
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
-        let (t, where_) = self.trainables();
-        self.set_dropout(&t);
-        let named = batch.named();
-        let tokens = batch.inputs.first().map_or(0, |(_, x)| x.len());
-        let checkpoint = match (self.memory_budget, self.bytes_per_token) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            (Some(budget), Some(per_token)) => per_token * tokens as f64 > budget as f64,
-        };
-        if checkpoint && self.pieces.is_none() {
-            self.pieces = Some(super::checkpoint::pieces(self.session.graph()));
-        }
-        let ck = if checkpoint { self.pieces.as_ref() } else { None };
-        let r = match (&self.task, &batch.targets, &self.head) {
-            (TaskHead::Classification { .. }, Targets::Classes(labels), Some(h)) => classify::step(&self.session, &named, labels, h, &t, ck)?,
-            (TaskHead::Regression { .. }, Targets::Values(values), Some(h)) => regress::step(&self.session, &named, values, h, &t, ck)?,
-            (TaskHead::CausalLm, Targets::NextTokens, None) => causal_lm::step(&self.session, &named, &t, ck)?,
-            _ => return Err(Error::BadInput { name: "batch".into(), reason: format!("its targets ({}) do not fit this trainer's task {:?}", targets_name(&batch.targets), self.task) }),
-        };
-        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(self.params.len());
-        for (pi, p) in self.params.iter().enumerate() {
-            let at = where_.get(&pi).copied().ok_or_else(|| Error::Config(format!("parameter `{}` is not in the graph", p.name)))?;
-            let g = if p.name.ends_with(".lora_A") {
-                r.grads.lora.get(&at).map(|(a, _)| a.clone())
-            } else if p.name.ends_with(".lora_B") {
-                r.grads.lora.get(&at).map(|(_, b)| b.clone())
-            } else if t.linear_bias.contains(&at) && r.grads.linear_bias.contains_key(&at) {
-                r.grads.linear_bias.get(&at).cloned()
-            } else {
-                r.grads.constants.get(&at).cloned()
-            };
-            grads.push(g.unwrap_or_else(|| vec![0.0; p.values.len()]));
-        }
+        let (r, mut grads, tokens) = self.loss_and_grads(batch)?;
         self.bytes_per_token = Some(r.usage.full as f64 / tokens.max(1) as f64);
         self.last_usage = r.usage;
         let fault = self.take_fault();
@@ -345,6 +291,84 @@ impl Trainer {
         self.refresh()?;
         Ok(StepReport { loss, outcome, guard })
     }
+
+
+    /// The loss on `batch` and its gradient with respect to every trainable tensor (the
+    /// parameters as [`Trainer::parameter_names`] lists them, then the head's weight and
+    /// bias), at the current values, without changing them. The gradient checks use it.
+    pub fn gradients(&mut self, batch: &Batch) -> Result<(f32, NamedGradients)> {
+        let (r, grads, _) = self.loss_and_grads(batch)?;
+        self.refresh()?;
+        let mut out: Vec<(String, Vec<f32>)> = self.params.iter().map(|p| p.name.clone()).zip(grads).collect();
+        if self.head.is_some() {
+            out.push((format!("{HEAD_PREFIX}weight"), r.head_weight));
+            out.push((format!("{HEAD_PREFIX}bias"), r.head_bias));
+        }
+        Ok((r.loss, out))
+    }
+
+    /// The trainable tensors' names: the delta's, or for prefix tuning with its MLP the MLP's
+    /// (`prefix_mlp.*`), which the delta replaces by the prefixes they produce.
+    pub fn parameter_names(&self) -> Vec<String> {
+        self.params.iter().map(|p| p.name.clone()).collect()
+    }
+
+    /// The current values of parameter `name` (a [`Trainer::parameter_names`] entry).
+    pub fn parameter_values(&self, name: &str) -> Option<&[f32]> {
+        self.params.iter().find(|p| p.name == name).map(|p| p.values.as_slice())
+    }
+
+    /// Test-only: sets parameter `name` (a [`Trainer::parameter_names`] entry) to `values`, so
+    /// that gradient checks can start away from an initialization where some gradients
+    /// vanish (a zero adapter up-projection, say).
+    #[doc(hidden)]
+    pub fn set_parameter(&mut self, name: &str, values: Vec<f32>) -> Result<()> {
+        let p = self.params.iter_mut().find(|p| p.name == name).ok_or_else(|| Error::Config(format!("no parameter `{name}`")))?;
+        if p.values.len() != values.len() {
+            return Err(Error::Config(format!("parameter `{name}` has {} values, not {}", p.values.len(), values.len())));
+        }
+        p.values = values;
+        self.refresh()
+    }
+
+    /// The step's forward and backward: the task's result and each parameter's gradient.
+    fn loss_and_grads(&mut self, batch: &Batch) -> Result<(super::head::StepResult, Vec<Vec<f32>>, usize)> {
+        let (t, where_) = self.trainables();
+        self.set_dropout(&t);
+        let named = batch.named();
+        let tokens = batch.inputs.first().map_or(0, |(_, x)| x.len());
+        let checkpoint = match (self.memory_budget, self.bytes_per_token) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(budget), Some(per_token)) => per_token * tokens as f64 > budget as f64,
+        };
+        if checkpoint && self.pieces.is_none() {
+            self.pieces = Some(super::checkpoint::pieces(self.session.graph()));
+        }
+        let ck = if checkpoint { self.pieces.as_ref() } else { None };
+        let r: super::head::StepResult = match (&self.task, &batch.targets, &self.head) {
+            (TaskHead::Classification { .. }, Targets::Classes(labels), Some(h)) => classify::step(&self.session, &named, labels, h, &t, ck)?,
+            (TaskHead::Regression { .. }, Targets::Values(values), Some(h)) => regress::step(&self.session, &named, values, h, &t, ck)?,
+            (TaskHead::CausalLm, Targets::NextTokens, None) => causal_lm::step(&self.session, &named, &t, ck)?,
+            _ => return Err(Error::BadInput { name: "batch".into(), reason: format!("its targets ({}) do not fit this trainer's task {:?}", targets_name(&batch.targets), self.task) }),
+        };
+        let mut mlp = self.prefix_mlp.map(|m| self.mlp_grads(&m, &r.grads).into_iter());
+        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(self.params.len());
+        for (pi, p) in self.params.iter().enumerate() {
+            if let (Some(it), true) = (&mut mlp, p.name.starts_with("prefix_mlp.")) {
+                // `params::init` lists the MLP's parameters in `PrefixMlp::NAMES` order.
+                grads.push(it.next().unwrap_or_else(|| vec![0.0; p.values.len()]));
+                continue;
+            }
+            let at = where_.get(&pi).copied().ok_or_else(|| Error::Config(format!("parameter `{}` is not in the graph", p.name)))?;
+            grads.push(super::params::grad_of(p, at, &r.grads));
+        }
+        if let PeftMethod::DiffPruning(c) = &self.method {
+            super::diff::chain(c, &self.params, &mut grads, self.seed, self.steps);
+        }
+        Ok((r, grads, tokens))
+    }
+
 
     /// Applies one optimizer update with these gradients (the parameters' in order, then the
     /// head's).
@@ -442,13 +466,13 @@ impl Trainer {
     /// [`Evaluation`]), without training. A [`super::evaluate::TaskSession`] over the saved
     /// delta gives the same numbers.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<Evaluation> {
-        evaluate_task(&self.session, &self.task, self.head.as_ref(), batches)
+        self.with_eval_session(|s| evaluate_task(s, &self.task, self.head.as_ref(), batches))
     }
 
     /// The head's outputs for a batch: class logits `[rows × classes]`, predictions
     /// `[rows × outputs]`, or the LM's logits `[rows × seq × vocab]`.
     pub fn outputs(&self, batch: &Batch) -> Result<Vec<f32>> {
-        task_outputs(&self.session, &self.task, self.head.as_ref(), batch)
+        self.with_eval_session(|s| task_outputs(s, &self.task, self.head.as_ref(), batch))
     }
 
     /// Turns LoRA dropout on for this step's forward and backward, with a fresh mask per step
@@ -499,7 +523,7 @@ fn targets_name(t: &Targets) -> &'static str {
 
 /// The hidden size: the last dim of the first output, read from the fused graph's last
 /// `Linear` or norm weight.
-fn hidden_size(base: &Base) -> Result<usize> {
+pub(crate) fn hidden_size(base: &Base) -> Result<usize> {
     let g = base.graph();
     for n in g.nodes.iter().rev() {
         match &n.op {

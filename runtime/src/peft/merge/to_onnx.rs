@@ -390,9 +390,13 @@ impl<'m> Writer<'m> {
     fn write_constants(&mut self, bg: &Graph, mg: &Graph, delta: &Delta) -> Result<()> {
         let linear_biases: HashSet<String> =
             bg.nodes.iter().filter_map(|n| if let Op::Linear(l) = &n.op { Some(format!("{}.bias", l.module)) } else { None }).collect();
+        let linears: HashSet<&str> = bg.nodes.iter().filter_map(|n| if let Op::Linear(l) = &n.op { Some(l.module.as_str()) } else { None }).collect();
         for t in &delta.tensors {
             let name = t.name.as_str();
-            if name.starts_with(HEAD_PREFIX) || name.ends_with(".lora_A") || name.ends_with(".lora_B") || linear_biases.contains(name) {
+            // A Linear's own tensors (LoRA, a replaced weight, (IA)3 scales, a sparse diff)
+            // went into its weight and bias, which `write_linear` wrote.
+            let of_linear = name.rsplit_once('.').is_some_and(|(m, _)| linears.contains(m)) || name.ends_with(".lora_A") || name.ends_with(".lora_B");
+            if name.starts_with(HEAD_PREFIX) || of_linear || linear_biases.contains(name) {
                 continue;
             }
             let err = |reason: &str| MergeError::OnnxLayout { module: name.to_owned(), reason: reason.to_owned() };

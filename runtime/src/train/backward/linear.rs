@@ -122,7 +122,7 @@ mod tests {
     const TOL: f64 = 1e-4;
 
     fn linear(w: &[f32], b: &[f32], k: usize, n: usize) -> Linear {
-        Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.to_vec())), bias: Some(Arc::new(b.to_vec())), lora: None }
+        Linear { module: "l".into(), k, n, weight: LinearWeight::F32(Arc::new(w.to_vec())), bias: Some(Arc::new(b.to_vec())), lora: None, patch: None }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod attention;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod patch;
 pub mod rotary;
 
 #[cfg(test)]
