@@ -15,7 +15,8 @@ if ! command -v cargo >/dev/null; then
 fi
 echo "== building kilotune (release)"
 cargo build --release --quiet -p kilotune-cli
-export KILOTUNE=target/release/kilotune
+# Where cargo put it: target/, or $CARGO_TARGET_DIR when that is set.
+export KILOTUNE="${CARGO_TARGET_DIR:-target}/release/kilotune"
 bash scripts/get-models.sh --import models
 echo "== kilotune demo"
 exec "$KILOTUNE" demo --models models --out demo-out "$@"

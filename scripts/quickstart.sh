@@ -10,7 +10,7 @@ if ! command -v cargo >/dev/null; then
 fi
 echo "== building (release)"
 cargo build --release -p kilotune-cli
-kt=target/release/kilotune
+kt="${CARGO_TARGET_DIR:-target}/release/kilotune"
 fixture=tests/fixtures/tiny-bert.dynamo.onnx
 ref=tests/fixtures/tiny-bert.reference
 echo "== inspect $fixture"
