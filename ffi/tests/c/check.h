@@ -69,6 +69,22 @@ static kt_batch as_batch(const toy_batch *t) {
     return b;
 }
 
+/* LoRA on query and value, alpha = 2 * rank, learning rate 5e-2, one thread: the setting the
+ * C tests train with. `static inline` so a test that does not train compiles without warnings. */
+static const char *const lora_qv_targets[] = {"query", "value"};
+
+static inline kt_train_config lora_qv_config(uint32_t rank, uint64_t seed) {
+    kt_train_config c = kt_train_config_default();
+    c.lora_rank = rank;
+    c.lora_alpha = 2.0f * (float)rank;
+    c.lora_targets = lora_qv_targets;
+    c.lora_target_count = 2;
+    c.learning_rate = 5e-2f;
+    c.seed = seed;
+    c.threads = 1;
+    return c;
+}
+
 /* The first output's values, copied into `dst` (at most `cap`); returns how many, or 0. */
 static size_t first_output(kt_session *s, const kt_tokens *tokens, float *dst, size_t cap) {
     kt_outputs *outs = NULL;

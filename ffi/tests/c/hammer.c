@@ -43,7 +43,6 @@ static void *hammer(void *arg) {
     int failed = 0;
 #define W_OK(call) failed += (call) != KT_OK
     static float a[MAX_THREADS][OUT_MAX], b[MAX_THREADS][OUT_MAX];
-    const char *targets[] = {"query", "value"};
     char path[4200];
     snprintf(path, sizeof path, "%s/hammer-%d.ktd", scratch, w->index);
     for (int round = 0; round < rounds; round++) {
@@ -52,14 +51,7 @@ static void *hammer(void *arg) {
         if ((w->index + round) % 3 == 0) W_OK(kt_base_load(model, KT_WEIGHTS_AS_SHIPPED, &own));
         kt_base *base = own ? own : shared_base;
 
-        kt_train_config c = kt_train_config_default();
-        c.lora_rank = 2;
-        c.lora_alpha = 4.0f;
-        c.lora_targets = targets;
-        c.lora_target_count = 2;
-        c.learning_rate = 5e-2f;
-        c.seed = (uint64_t)(w->index * 100 + round);
-        c.threads = 1;
+        kt_train_config c = lora_qv_config(2, (uint64_t)(w->index * 100 + round));
         kt_trainer *t = NULL;
         W_OK(kt_trainer_new(base, &c, &t));
         kt_step_report r = {0};

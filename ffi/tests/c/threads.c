@@ -27,15 +27,7 @@ static void *train_and_run(void *arg) {
     worker *w = arg;
     int failed = 0;
 #define W_OK(call) failed += (call) != KT_OK
-    const char *targets[] = {"query", "value"};
-    kt_train_config c = kt_train_config_default();
-    c.lora_rank = 4;
-    c.lora_alpha = 8.0f;
-    c.lora_targets = targets;
-    c.lora_target_count = 2;
-    c.learning_rate = 5e-2f;
-    c.seed = 11;
-    c.threads = 1;
+    kt_train_config c = lora_qv_config(4, 11);
     kt_trainer *t = NULL;
     W_OK(kt_trainer_new(shared_base, &c, &t));
     kt_step_report r = {0};
