@@ -56,7 +56,7 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
     let tok = TextTokenizer::load(&args.model.tokenizer, args.model.max_len as usize)?;
     let set = Encoded::new(&rows, &tok, &labels)?;
     let feeds = FeedPlan::for_model(&base)?;
-    let session = TaskSession::new(base, &delta, args.model.session_config())?;
+    let session = TaskSession::new(base, &delta, args.model.session_config())?.on_backend(args.backend)?;
     let order: Vec<usize> = (0..set.len()).collect();
     let batches = set.batches(&order, args.batch as usize, &tok, &feeds)?;
     let e = session.evaluate(&batches)?;

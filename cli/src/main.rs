@@ -589,6 +589,11 @@ struct TrainArgs {
     /// settings (DIR/index.html) to this folder, created if missing; rewritten after each epoch.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// Where the heavy ops run: cpu, or vulkan (cargo feature `vulkan`), which runs the ops its
+    /// shaders cover (Linear, attention, LayerNorm, GELU, Add) and the frozen layers' input
+    /// gradients on the Vulkan device, and everything else on the CPU.
+    #[arg(long, value_name = "NAME", default_value = "cpu", value_parser = parse_backend)]
+    backend: BackendKind,
 }
 
 #[derive(Args, Debug)]
@@ -610,6 +615,11 @@ struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Where the heavy ops run: cpu, or vulkan (cargo feature `vulkan`), which runs the ops its
+    /// shaders cover (Linear, attention, LayerNorm, GELU, Add) on the Vulkan device and
+    /// everything else on the CPU.
+    #[arg(long, value_name = "NAME", default_value = "cpu", value_parser = parse_backend)]
+    backend: BackendKind,
 }
 
 /// How to load the model and size the session: shared by every subcommand.

@@ -115,6 +115,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
             ..OptimizerConfig::default()
         },
         memory_budget: args.memory_budget.map(|mib| mib.saturating_mul(1 << 20)),
+        backend: args.backend,
         ..TrainConfig::default()
     };
     let head = match (&classes, args.task) {

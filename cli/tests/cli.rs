@@ -511,6 +511,10 @@ fn model_flags(tokenizer: &Path) -> Vec<String> {
 }
 
 fn train_then_eval(method: &str) {
+    train_then_eval_on(method, "cpu");
+}
+
+fn train_then_eval_on(method: &str, backend: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let tok = write_tokenizer(dir.path());
     let train = write_data(dir.path(), "train.jsonl", 40);
@@ -539,6 +543,8 @@ fn train_then_eval(method: &str) {
         &test.display().to_string(),
         "--out",
         &ktd.display().to_string(),
+        "--backend",
+        backend,
     ] {
         args.push(a.into());
     }
@@ -563,6 +569,8 @@ fn train_then_eval(method: &str) {
         "--data".into(),
         test.display().to_string(),
         "--json".into(),
+        "--backend".into(),
+        backend.into(),
     ]);
     let o = kilotune(&args);
     assert!(o.status.success(), "eval {method}: {}", stderr(&o));
@@ -587,6 +595,43 @@ fn train_bitfit_writes_a_delta_that_eval_reads() {
 fn train_every_other_method_writes_a_delta_that_eval_reads() {
     for method in ["head-only", "top-layers", "full", "ia3", "houlsby", "pfeiffer", "prefix", "diff-pruning"] {
         train_then_eval(method);
+    }
+}
+
+/// `--backend vulkan` trains and evaluates where the binary has the backend (tests/parity.rs
+/// checks its numbers against `cpu`); a binary without it says how to get it and writes
+/// nothing. (Which one this binary is follows the runtime's features, which a workspace build
+/// unifies, not this crate's: so the test asks the binary.)
+#[test]
+fn train_and_eval_on_vulkan() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let train = write_data(dir.path(), "train.jsonl", 8);
+    let out = dir.path().join("u.ktd");
+    let mut args: Vec<String> = vec!["train".into()];
+    args.extend(model_flags(&tok));
+    args.extend(["--data".into(), train.display().to_string(), "--epochs".into(), "1".into(), "--out".into(), out.display().to_string(), "--backend".into(), "vulkan".into()]);
+    let o = kilotune(&args);
+    if stderr(&o).contains("not compiled into this build") {
+        assert_fails_with(&o, "enable the cargo feature `vulkan`");
+        assert!(!out.exists(), "a failed train wrote its --out");
+    } else {
+        assert!(o.status.success(), "train --backend vulkan: {}", stderr(&o));
+        train_then_eval_on("lora", "vulkan");
+    }
+}
+
+/// `ort` and `tract` run whole graphs: they cannot train, and the error says what can.
+#[test]
+fn ort_and_tract_cannot_train() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let train = write_data(dir.path(), "train.jsonl", 8);
+    for backend in ["ort", "tract"] {
+        let mut args: Vec<String> = vec!["train".into()];
+        args.extend(model_flags(&tok));
+        args.extend(["--data".into(), train.display().to_string(), "--out".into(), dir.path().join("u.ktd").display().to_string(), "--backend".into(), backend.into()]);
+        assert_fails_with(&kilotune(&args), "cannot train or evaluate a task: use cpu or vulkan");
     }
 }
 

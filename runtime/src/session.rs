@@ -160,6 +160,17 @@ impl Session {
         Arc::make_mut(&mut self.graph)
     }
 
+    /// Lets another device run the ops it covers, in runs and in training steps (the
+    /// `vulkan` backend; `None`: everything on the CPU).
+    pub(crate) fn set_offload(&mut self, offload: Option<Arc<dyn crate::backend::cpu::Offload>>) {
+        self.plan.set_offload(offload);
+    }
+
+    /// The device that runs part of this session's work, if any.
+    pub(crate) fn offload(&self) -> Option<&Arc<dyn crate::backend::cpu::Offload>> {
+        self.plan.offload()
+    }
+
     /// Runs `f` on this session's thread pool.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

@@ -1,6 +1,7 @@
 //! The cross-backend parity suite: one test body, run on every backend this build has
 //! (`cpu` always; `ort`, `tract`, `vulkan` with their features), against kilotune's own CPU
-//! engine (`Session::with_delta`), on the base alone and with a LoRA and a BitFit delta.
+//! engine (`Session::with_delta`), on the base alone and with a LoRA and a BitFit delta; and,
+//! with `vulkan`, training on the device against training on `cpu` (`mod vulkan_training`).
 //!
 //! ```sh
 //! cargo test --workspace --test parity                       # cpu only: the fixtures
@@ -258,4 +259,196 @@ fn one_ort_session_serves_many_users() {
     let mut other = a.clone();
     other.base_fingerprint[0] ^= 1;
     assert!(ort.prepare(&other).is_err());
+}
+
+/// Training on `vulkan`: the forward ops its shaders cover and the frozen layers' input
+/// gradients run on the device, the rest of the step on the CPU. The loss and every gradient
+/// must match a trainer on `cpu` (same seed, same batch), on the tiny BERT (classification,
+/// LoRA + BitFit, (IA)3 and a Houlsby adapter, which the shaders leave to the CPU, and prefix
+/// tuning, whose attention stays on the CPU) and the tiny Llama (causal LM, LoRA), f32 and
+/// int8; then three AdamW steps must leave the same delta.
+#[cfg(feature = "vulkan")]
+mod vulkan_training {
+    use std::sync::Arc;
+
+    use kilotune::peft::{AdapterConfig, Ia3Config, Pooling, PrefixConfig, TaskHead};
+    use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
+    use kilotune::WeightFormat;
+
+    use super::*;
+
+    fn load(name: &str, int8: bool) -> Arc<Base> {
+        let weights = if int8 { WeightFormat::Int8 } else { WeightFormat::AsShipped };
+        Base::load(fixtures().join(name), LoadOptions { weights, ..Default::default() }).unwrap()
+    }
+
+    fn ids(rows: usize, seq: usize, vocab: usize, seed: usize) -> Vec<i64> {
+        (0..rows * seq).map(|i| ((noise(i, seed) + 0.5) * (vocab - 1) as f32) as i64 + 1).collect()
+    }
+
+    fn bert_batch() -> Batch {
+        let (rows, seq) = (4, 8);
+        let ids = ids(rows, seq, 120, 7);
+        let mut mask = vec![1i64; rows * seq];
+        mask[rows * seq - 3..].fill(0);
+        let labels = (0..rows).map(|r| usize::from(ids[r * seq] >= 60)).collect();
+        Batch::classification(
+            vec![
+                ("input_ids".into(), Tensor::new(&[rows, seq], ids).unwrap()),
+                ("attention_mask".into(), Tensor::new(&[rows, seq], mask).unwrap()),
+                ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).unwrap()),
+            ],
+            labels,
+        )
+    }
+
+    fn llama_batch() -> Batch {
+        let (rows, seq) = (2, 8);
+        let mask: Vec<i64> = (0..rows * seq).map(|i| i64::from(!(i / seq == 1 && i % seq < 2))).collect();
+        Batch::causal_lm(vec![
+            ("input_ids".into(), Tensor::new(&[rows, seq], ids(rows, seq, 120, 11)).unwrap()),
+            ("attention_mask".into(), Tensor::new(&[rows, seq], mask).unwrap()),
+        ])
+    }
+
+    fn trainer(base: &Arc<Base>, method: &PeftMethod, task: &TaskHead, backend: BackendKind) -> Trainer {
+        let mut c = TrainConfig { seed: 5, threads: 2, backend, ..Default::default() };
+        c.optimizer.lr = 1e-2;
+        let mut t = Trainer::new(base.clone(), method.clone(), task.clone(), c).unwrap();
+        // Away from the initialization (LoRA's B = 0, adapters' up = 0), so every gradient is
+        // non-zero and every input gradient flows.
+        for (k, name) in t.parameter_names().into_iter().enumerate() {
+            let v = t.parameter_values(&name).unwrap().iter().enumerate().map(|(i, x)| x + noise(i, 900 + k) * 0.2).collect();
+            t.set_parameter(&name, v).unwrap();
+        }
+        t
+    }
+
+    fn norm(a: &[f32]) -> f64 {
+        a.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt()
+    }
+
+    /// ‖a − b‖ / max(‖b‖, floor).
+    fn rel(a: &[f32], b: &[f32], floor: f64) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+        num.sqrt() / norm(b).max(floor).max(1e-30)
+    }
+
+    /// Gradients and three steps on `vulkan` against `cpu`; returns whether any gradient
+    /// differed at all (the device's summation order is its own).
+    fn check(label: &str, base: &Arc<Base>, method: PeftMethod, task: TaskHead, batch: &Batch, tol: f64) -> bool {
+        check_steps(label, base, method, task, batch, tol, 3)
+    }
+
+    fn check_steps(label: &str, base: &Arc<Base>, method: PeftMethod, task: TaskHead, batch: &Batch, tol: f64, steps: usize) -> bool {
+        let (mut cpu, mut gpu) = (trainer(base, &method, &task, BackendKind::Cpu), trainer(base, &method, &task, BackendKind::Vulkan));
+        let ((lc, gc), (lv, gv)) = (cpu.gradients(batch).unwrap(), gpu.gradients(batch).unwrap());
+        let dl = f64::from((lc - lv).abs()) / f64::from(lc.abs()).max(1e-6);
+        println!("{label:<28} loss {lc:.6} vs {lv:.6} (rel {dl:.1e})");
+        assert!(dl <= tol, "{label}: loss {lv} on vulkan, {lc} on cpu");
+        assert_eq!(gc.len(), gv.len());
+        let mut differs = false;
+        let mut worst = 0f64;
+        // A gradient that is zero by structure (a key bias: softmax ignores it) holds only
+        // rounding noise, which differs between engines: errors are relative to the larger of
+        // the tensor's norm and a thousandth of the whole gradient's.
+        let floor = 1e-3 * gc.iter().map(|(_, c)| norm(c).powi(2)).sum::<f64>().sqrt();
+        for ((name, c), (_, v)) in gc.iter().zip(&gv) {
+            assert!(c.iter().any(|x| *x != 0.0), "{label}: `{name}` has a zero gradient on cpu");
+            let e = rel(v, c, floor);
+            worst = worst.max(e);
+            differs |= c != v;
+            assert!(e <= tol, "{label}: `{name}` gradient off by {e:.2e} (relative L2) on vulkan");
+        }
+        println!("{label:<28} {} gradients, worst relative L2 error {worst:.2e}", gc.len());
+        for _ in 0..steps {
+            cpu.step(batch).unwrap();
+            gpu.step(batch).unwrap();
+        }
+        let (dc, dv) = (cpu.delta(), gpu.delta());
+        for (c, v) in dc.tensors.iter().zip(&dv.tensors) {
+            assert_eq!(c.name, v.name);
+            let e = rel(&v.to_f32().unwrap(), &c.to_f32().unwrap(), 0.0);
+            assert!(e <= tol, "{label}: `{}` after 3 steps off by {e:.2e} on vulkan", c.name);
+        }
+        differs
+    }
+
+    fn lora_qv() -> PeftMethod {
+        PeftMethod::Lora(LoraConfig { r: 4, alpha: 8.0, target_modules: vec!["query".into(), "value".into()], ..Default::default() })
+    }
+
+    fn classify() -> TaskHead {
+        TaskHead::Classification { classes: 2, pooling: Pooling::Mean }
+    }
+
+    #[test]
+    fn bert_lora_and_bitfit_train_on_vulkan_as_on_cpu() {
+        let batch = bert_batch();
+        for name in ["tiny-bert.dynamo.onnx", "tiny-bert.legacy.onnx"] {
+            let base = load(name, false);
+            // f32: GEMM and attention sum in another order; 1e-4 relative leaves room for that.
+            assert!(check(&format!("{name} lora"), &base, lora_qv(), classify(), &batch, 1e-4), "{name}: vulkan gave the CPU's bits exactly: did the device run?");
+            check(&format!("{name} bitfit"), &base, PeftMethod::BitFit(BitFitConfig::default()), classify(), &batch, 1e-4);
+        }
+    }
+
+    #[test]
+    fn bert_on_an_int8_base_trains_on_vulkan_as_on_cpu() {
+        // The int8 forward re-quantizes activations: a last-bit difference from the LoRA path
+        // can flip a rounding step, so the bound is looser than on f32.
+        let base = load("tiny-bert.dynamo.onnx", true);
+        check("tiny-bert int8 lora", &base, lora_qv(), classify(), &bert_batch(), 1e-2);
+    }
+
+    #[test]
+    fn patched_layers_and_prefixes_train_on_vulkan_as_on_cpu() {
+        // (IA)3 scales, adapters and prefix attention have no shader: those ops run on the CPU,
+        // the rest on the device, and the result must not change.
+        let base = load("tiny-bert.dynamo.onnx", false);
+        let batch = bert_batch();
+        check("tiny-bert ia3", &base, PeftMethod::Ia3(Ia3Config::default()), classify(), &batch, 1e-4);
+        check("tiny-bert houlsby", &base, PeftMethod::Adapter(AdapterConfig::default()), classify(), &batch, 1e-4);
+        check("tiny-bert prefix", &base, PeftMethod::Prefix(PrefixConfig { len: 4, mlp_hidden: 0 }), classify(), &batch, 1e-4);
+    }
+
+    #[test]
+    fn llama_lora_trains_on_vulkan_as_on_cpu() {
+        let base = load("tiny-llama.dynamo.onnx", false);
+        let lora = PeftMethod::Lora(LoraConfig { r: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into()], ..Default::default() });
+        check("tiny-llama lora", &base, lora, TaskHead::CausalLm, &llama_batch(), 1e-4);
+    }
+
+    /// MiniLM, fp32 and int8, LoRA on query and value: 2 rows of 16 tokens (lavapipe is slow).
+    #[cfg(feature = "real-models")]
+    #[test]
+    fn minilm_lora_trains_on_vulkan_as_on_cpu() {
+        let dir = kilotune_tests::shared().join("models/minilm-l6");
+        let (rows, seq) = (2, 16);
+        let ids: Vec<i64> = ids(rows, seq, 20000, 13).into_iter().map(|i| i + 999).collect();
+        let mut mask = vec![1i64; rows * seq];
+        mask[rows * seq - 5..].fill(0);
+        let batch = Batch::classification(
+            vec![
+                ("input_ids".into(), Tensor::new(&[rows, seq], ids).unwrap()),
+                ("attention_mask".into(), Tensor::new(&[rows, seq], mask).unwrap()),
+                ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).unwrap()),
+            ],
+            vec![0, 1],
+        );
+        for (file, tol) in [("model.onnx", 1e-4), ("model.int8.onnx", 1e-2)] {
+            let base = Base::load(dir.join(file), LoadOptions::default()).unwrap();
+            check_steps(&format!("minilm {file} lora"), &base, lora_qv(), classify(), &batch, tol, 1);
+        }
+    }
+
+    #[test]
+    fn ort_and_tract_cannot_train() {
+        let base = load("tiny-bert.dynamo.onnx", false);
+        for kind in [BackendKind::Ort, BackendKind::Tract] {
+            let c = TrainConfig { backend: kind, ..Default::default() };
+            let e = Trainer::new(base.clone(), lora_qv(), classify(), c).err().expect("a typed error");
+            assert!(matches!(e, kilotune::Error::Config(_)), "{kind}: {e}");
+        }
+    }
 }

@@ -1,9 +1,25 @@
 //! The CPU executor: runs the fused graph in order, freeing each intermediate after its last
 //! reader so peak memory follows the widest point of the graph, not its length.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
-use crate::graph::{Graph, ValueId};
+use crate::graph::{Graph, Node, ValueId};
+use crate::ops::Linear;
 use crate::tensor::Tensor;
+
+/// Another device that runs some of a CPU walk's work: the `vulkan` backend's shaders, when a
+/// trainer or a task session runs there. Whatever it declines (`None`) runs on the CPU.
+pub trait Offload: Send + Sync {
+    /// Runs `node` on `ins` on the device, or `None` to leave it to the CPU.
+    fn node(&self, node: &Node, ins: &[Option<&Tensor>]) -> Result<Option<Tensor>>;
+    /// The input gradient `dy·Wᵀ` of a frozen `Linear` (`dy` is rows of `l.n`), or `None` to
+    /// leave it to the CPU.
+    fn linear_input_grad(&self, l: &Linear, dy: &[f32]) -> Result<Option<Vec<f32>>>;
+    /// Drops what the device keeps for tensors nothing else holds any more (a trainer's
+    /// previous parameters).
+    fn release_unused(&self) {}
+}
 
 /// Which values a walk keeps past their last reader (graph outputs are never freed).
 #[derive(Clone, Copy)]
@@ -13,10 +29,17 @@ enum Keep<'a> {
     Marked(&'a [bool]),
 }
 
-/// The per-graph execution plan: which values die after each node.
-#[derive(Debug)]
+/// The per-graph execution plan: which values die after each node, and the device (if any)
+/// that runs part of the work.
 pub struct Plan {
     free_after: Vec<Vec<ValueId>>,
+    offload: Option<Arc<dyn Offload>>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("nodes", &self.free_after.len()).field("offload", &self.offload.is_some()).finish()
+    }
 }
 
 impl Plan {
@@ -36,7 +59,17 @@ impl Plan {
                 }
             }
         }
-        Plan { free_after }
+        Plan { free_after, offload: None }
+    }
+
+    /// Lets `offload` run the nodes it takes (`None`: everything on the CPU).
+    pub(crate) fn set_offload(&mut self, offload: Option<Arc<dyn Offload>>) {
+        self.offload = offload;
+    }
+
+    /// The device that runs part of this plan's work, if any.
+    pub(crate) fn offload(&self) -> Option<&Arc<dyn Offload>> {
+        self.offload.as_ref()
     }
 
     /// For each node, the values that die after it (another executor walking the same graph
@@ -110,7 +143,13 @@ impl Plan {
                     .iter()
                     .map(|v| v.and_then(|v| slots[v].as_ref().or(g.values[v].constant.as_ref())))
                     .collect();
-                node.op.eval(&inputs, &node.name)?
+                match &self.offload {
+                    Some(o) => match o.node(node, &inputs)? {
+                        Some(t) => vec![t],
+                        None => node.op.eval(&inputs, &node.name)?,
+                    },
+                    None => node.op.eval(&inputs, &node.name)?,
+                }
             };
             for (&v, t) in node.outputs.iter().zip(outs) {
                 slots[v] = Some(t);

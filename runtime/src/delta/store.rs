@@ -355,7 +355,10 @@ mod tests {
     /// when the load finds the old or the new delta, and the new one if the save had returned
     /// `Ok`; after it, `recover` leaves no temporary file and a save works. Returns the
     /// operations, the cells by (cut, data loss), and the failures.
-    fn crash_matrix(scenario: Scenario, skip: &'static str) -> (Vec<Op>, BTreeMap<(usize, &'static str), Cell>, Vec<String>) {
+    /// A crash matrix: the operations, the cells by (cut, data loss), and the failures.
+    type Matrix = (Vec<Op>, BTreeMap<(usize, &'static str), Cell>, Vec<String>);
+
+    fn crash_matrix(scenario: Scenario, skip: &'static str) -> Matrix {
         let clean = scenario.fs();
         save_with(&Skipping { fs: &clean, skip }, &delta(2), &target(), F32).expect("a save without faults works");
         let ops = clean.log();

@@ -225,8 +225,7 @@ fn llama_config(c: &Object) -> Result<LlamaConfig> {
         },
     };
     cfg.validate()?;
-    if heads > 0 {
-        let implied = cfg.hidden_size / heads;
+    if let Some(implied) = cfg.hidden_size.checked_div(heads) {
         let head_dim = size(c, "head_dim", Some(implied))?;
         if head_dim != implied {
             return Err(ImportError::Config(format!("`head_dim` {head_dim} differs from hidden_size / num_attention_heads = {implied}; not supported")).into());

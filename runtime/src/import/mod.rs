@@ -190,7 +190,7 @@ impl BertConfig {
         check_dim("max_position_embeddings", self.max_position_embeddings, MAX_DIM)?;
         check_dim("type_vocab_size", self.type_vocab_size, MAX_DIM)?;
         check_positive("layer_norm_eps", self.layer_norm_eps)?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ImportError::Config(format!(
                 "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
                 self.hidden_size, self.num_attention_heads

@@ -101,11 +101,16 @@ pub fn forward_backward<R>(
 ) -> Result<(Grads, R, Usage)> {
     let g = session.graph();
     let saved = saved_values(g, t);
+    let offload = session.offload().map(|o| &**o);
+    // The device's copies of the last step's parameters: their tensors are gone by now.
+    if let Some(o) = offload {
+        o.release_unused();
+    }
     let Some(p) = checkpoint else {
         let slots = session.run_saving(inputs, &saved)?;
         let peak = kept_bytes(&slots);
         let LossSeed { seed, extra } = loss(&slots)?;
-        let mut r = Reverse::new(g, t);
+        let mut r = Reverse::new(g, t).with_offload(offload);
         for (v, d) in seed {
             r.seed(v, d);
         }
@@ -133,7 +138,7 @@ pub fn forward_backward<R>(
     let mut peak = kept_bytes(&slots);
     let mut full = peak;
     let LossSeed { seed, extra } = loss(&slots)?;
-    let mut r = Reverse::new(g, t);
+    let mut r = Reverse::new(g, t).with_offload(offload);
     for (v, d) in seed {
         r.seed(v, d);
     }

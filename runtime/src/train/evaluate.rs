@@ -180,6 +180,14 @@ impl TaskSession {
         Ok(TaskSession { session: Session::with_delta(base, delta, config)?, task, head })
     }
 
+    /// Runs the heavy ops on another backend from now on: `vulkan` (cargo feature) runs the
+    /// ops its shaders cover, the rest stays on the CPU; `cpu` runs everything. `ort` and
+    /// `tract` run whole graphs and have no task heads here ([`Error::Config`]).
+    pub fn on_backend(mut self, kind: crate::backend::BackendKind) -> Result<TaskSession> {
+        self.session.set_offload(crate::backend::offload_for(kind)?);
+        Ok(self)
+    }
+
     /// The delta's task.
     pub fn task(&self) -> &TaskHead {
         &self.task

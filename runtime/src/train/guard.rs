@@ -232,7 +232,7 @@ impl GateDecision {
     /// Judges `new` against `old` by their held-out loss.
     pub fn judge(new: Evaluation, old: Evaluation) -> GateDecision {
         // `!(new > old)` rather than `new <= old`: a NaN old loss loses to any finite new one.
-        if new.loss.is_finite() && !(new.loss > old.loss) {
+        if new.loss.is_finite() && new.loss.partial_cmp(&old.loss) != Some(std::cmp::Ordering::Greater) {
             GateDecision::Accept { new, old }
         } else {
             GateDecision::Reject { new, old }

@@ -111,6 +111,8 @@ pub struct Reverse<'g> {
     g: &'g Graph,
     t: &'g Trainables,
     reach: Vec<bool>,
+    /// The device that computes frozen `Linear` input gradients, if any.
+    offload: Option<&'g dyn crate::backend::cpu::Offload>,
     /// The pending gradient of each value not yet sent on.
     grads: Vec<Option<Vec<f32>>>,
     out: Grads,
@@ -119,7 +121,14 @@ pub struct Reverse<'g> {
 impl<'g> Reverse<'g> {
     /// A reverse pass over `g` for the trainables `t`, with no gradient yet.
     pub fn new(g: &'g Graph, t: &'g Trainables) -> Self {
-        Reverse { g, t, reach: reaching(g, t), grads: vec![None; g.values.len()], out: Grads::default() }
+        Reverse { g, t, reach: reaching(g, t), offload: None, grads: vec![None; g.values.len()], out: Grads::default() }
+    }
+
+    /// Computes the input gradients of frozen `Linear` layers on `offload` (the `vulkan`
+    /// backend), the rest on the CPU.
+    pub fn with_offload(mut self, offload: Option<&'g dyn crate::backend::cpu::Offload>) -> Self {
+        self.offload = offload;
+        self
     }
 
     /// Sets d(loss)/d(`v`).
@@ -135,9 +144,9 @@ impl<'g> Reverse<'g> {
     /// Walks `nodes` backwards (a range of `Graph::nodes` that ends where the previous call's
     /// began), reading forward values from `slots`.
     pub fn run(&mut self, slots: &[Option<Tensor>], nodes: std::ops::Range<usize>) -> Result<()> {
-        let (g, t, reach) = (self.g, self.t, &self.reach);
+        let (g, t, reach, offload) = (self.g, self.t, &self.reach, self.offload);
         let (grads, out) = (std::mem::take(&mut self.grads), std::mem::take(&mut self.out));
-        let (grads, out) = Self::walk(g, t, reach, slots, nodes, grads, out)?;
+        let (grads, out) = Self::walk(g, t, reach, offload, slots, nodes, grads, out)?;
         self.grads = grads;
         self.out = out;
         Ok(())
@@ -145,7 +154,7 @@ impl<'g> Reverse<'g> {
 
     /// The reverse walk proper; the gradients it carries go in and come back out by value.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    fn walk(g: &Graph, t: &Trainables, reach: &[bool], slots: &[Option<Tensor>], nodes: std::ops::Range<usize>, mut grads: Vec<Option<Vec<f32>>>, mut out: Grads) -> Result<(Vec<Option<Vec<f32>>>, Grads)> {
+    fn walk(g: &Graph, t: &Trainables, reach: &[bool], offload: Option<&dyn crate::backend::cpu::Offload>, slots: &[Option<Tensor>], nodes: std::ops::Range<usize>, mut grads: Vec<Option<Vec<f32>>>, mut out: Grads) -> Result<(Vec<Option<Vec<f32>>>, Grads)> {
         let value = |v: ValueId| -> Result<&Tensor> {
             slots[v].as_ref().or(g.values[v].constant.as_ref()).ok_or_else(|| Error::InvalidModel(format!("value `{}` was not kept", g.values[v].name)))
         };
@@ -224,7 +233,18 @@ impl<'g> Reverse<'g> {
                         out.linear_weight.insert(i, patch_bw::weight_grad(xs, &dy, l.k, l.n));
                     }
                     let scale_in = patch.and_then(|p| p.scale_in.as_ref());
-                    let mut dx = if wants(0) || scale_in.is_some() { Some(lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy)) } else { None };
+                    let mut dx = if wants(0) || scale_in.is_some() {
+                        let on_device = match offload {
+                            Some(o) if !t.linear_weight.contains(&i) => o.linear_input_grad(l, &dy)?,
+                            _ => None,
+                        };
+                        Some(match on_device {
+                            Some(dx) => dx,
+                            None => lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy),
+                        })
+                    } else {
+                        None
+                    };
                     if let Some(lora) = &l.lora {
                         let shape = lin_bw::LoraShape { rows, k: l.k, n: l.n, rank: lora.r };
                         // With dropout, the side path saw x ⊙ mask/(1−p), and its input gradient

@@ -48,6 +48,12 @@ pub struct TrainConfig {
     /// When a step is skipped and when the trainer rolls back to its last good parameters
     /// (see [`super::guard`]).
     pub guard: GuardConfig,
+    /// Where the step's heavy work runs. `cpu` (the default) runs all of it; `vulkan` (cargo
+    /// feature) runs the forward ops its shaders cover (`Linear`, attention, LayerNorm, GELU,
+    /// `Add`) and the input gradients of frozen `Linear` layers on the device, the rest of the
+    /// backward pass and the optimizer on the CPU. `ort` and `tract` cannot train
+    /// ([`Error::Config`]); `vulkan` in a build without it is [`Error::BackendUnavailable`].
+    pub backend: crate::backend::BackendKind,
 }
 
 /// What one training step did.
@@ -131,8 +137,10 @@ impl Trainer {
             TaskHead::CausalLm => None,
         };
         let optimizer = Optimizer::new(config.optimizer)?;
+        let mut session = Session::new(base.clone(), SessionConfig { threads: config.threads })?;
+        session.set_offload(crate::backend::offload_for(config.backend)?);
         let mut t = Trainer {
-            session: Session::new(base.clone(), SessionConfig { threads: config.threads })?,
+            session,
             base,
             method,
             task,

@@ -117,6 +117,33 @@ pub(super) fn linear(gpu: &Gpu, cache: &mut WeightCache, l: &Linear, x: &Tensor)
     Tensor::new(&shape, gpu.read_f32(&out, m * n)?)
 }
 
+/// The input gradient of a frozen `Linear`, `dx[m×k] = dy[m×n]·Wᵀ`, from the f32 weight (an
+/// int8 weight is dequantized once and kept, as the CPU's backward uses it).
+pub(super) fn linear_input_grad(gpu: &Gpu, cache: &mut WeightCache, l: &Linear, dy: &[f32]) -> Result<Vec<f32>> {
+    let (k, n) = (l.k, l.n);
+    if n == 0 || !dy.len().is_multiple_of(n) {
+        return Err(err(format!("Linear `{}`: a gradient of {} values is not rows of {n}", l.module, dy.len())));
+    }
+    let m = dy.len() / n;
+    if m == 0 || k == 0 {
+        return Ok(vec![0.0; m * k]);
+    }
+    let wb = match &l.weight {
+        LinearWeight::F32(w) => cache.get(w, 0, |w| gpu.upload_f32(w))?,
+        LinearWeight::I8(w) => cache.get(w, 2, |w| gpu.upload_f32(&w.dequantize()))?,
+    };
+    let (dyb, out, dummy) = (gpu.upload_f32(dy)?, gpu.zeros(m * k)?, gpu.zeros(1)?);
+    let mut batch = gpu.batch()?;
+    // In the shader's terms C = dx, A = dy, and W [k×n] is B stored "n×k" (flag 1).
+    batch.dispatch(Kernel::GemmF32, &[&dyb, &wb, &out, &dummy], [m as u32, k as u32, n as u32, 1, 1f32.to_bits()], [
+        groups(k, 16),
+        groups(m, 16),
+        1,
+    ])?;
+    batch.run()?;
+    gpu.read_f32(&out, m * k)
+}
+
 /// Wᵀ as int8 rows [n × kw words], zero-padded.
 fn pack_weights(w: &PackedI8, kw: usize) -> Vec<u32> {
     let (k, n) = (w.k(), w.n());

@@ -20,8 +20,9 @@
 mod device;
 mod kernels;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use super::cpu::Offload;
 use crate::base::Base;
 use crate::delta::Delta;
 use crate::error::{Error, Result};
@@ -135,12 +136,50 @@ impl VulkanSession {
 
 }
 
+/// The Vulkan device as an [`Offload`] of the `cpu` backend's walk: a trainer (or a task
+/// session) on `vulkan` runs the forward ops the shaders cover, and the input gradients of
+/// frozen `Linear` layers, here; the rest of the step (the other backward ops, the
+/// parameters' gradients, the optimizer) on the CPU.
+pub(crate) struct VulkanOffload {
+    gpu: Arc<Gpu>,
+    cache: Mutex<WeightCache>,
+}
+
+impl VulkanOffload {
+    /// The process's Vulkan device (an [`Error::Backend`] when there is none).
+    pub(crate) fn new() -> Result<VulkanOffload> {
+        Ok(VulkanOffload { gpu: Gpu::get()?, cache: Mutex::new(WeightCache::default()) })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, WeightCache> {
+        // A poisoned cache is still consistent: each entry is inserted whole.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Offload for VulkanOffload {
+    fn node(&self, node: &Node, ins: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
+        on_device(&self.gpu, &mut self.cache(), node, ins)
+    }
+
+    fn linear_input_grad(&self, l: &crate::ops::Linear, dy: &[f32]) -> Result<Option<Vec<f32>>> {
+        kernels::linear_input_grad(&self.gpu, &mut self.cache(), l, dy)
+            .map(Some)
+            .map_err(|e| Error::Backend { backend: "vulkan", reason: format!("input gradient of `{}`: {e}", l.module) })
+    }
+
+    fn release_unused(&self) {
+        self.cache().prune();
+    }
+}
+
 /// Runs `node` on the device when a shader covers it; `None` leaves it to the CPU.
 fn on_device(gpu: &Gpu, cache: &mut WeightCache, node: &Node, ins: &[Option<&Tensor>]) -> Result<Option<Tensor>> {
         let f32_in = |i: usize| ins.get(i).copied().flatten().filter(|t| t.as_slice::<f32>().is_some());
         let wrap = |e: Error| Error::Backend { backend: "vulkan", reason: format!("node `{}`: {e}", node.name) };
         let out = match &node.op {
-            Op::Linear(l) if l.lora.as_ref().is_none_or(|p| p.dropout.is_none()) => {
+            // (IA)3 scales and adapters are not in the shaders: such a layer runs on the CPU.
+            Op::Linear(l) if l.patch.is_none() && l.lora.as_ref().is_none_or(|p| p.dropout.is_none()) => {
                 let Some(x) = f32_in(0) else { return Ok(None) };
                 if matches!(&l.weight, crate::ops::LinearWeight::I8(w) if w.zero_point() != 0) {
                     return Ok(None);
@@ -175,7 +214,8 @@ fn on_device(gpu: &Gpu, cache: &mut WeightCache, node: &Node, ins: &[Option<&Ten
                 }
                 kernels::add(gpu, a, b)
             }
-            Op::Attention(a) => {
+            // Nor are prefix keys and values.
+            Op::Attention(a) if a.prefix.is_none() => {
                 let (Some(q), Some(k), Some(v)) = (f32_in(0), f32_in(1), f32_in(2)) else { return Ok(None) };
                 let mask = ins.get(3).copied().flatten();
                 if mask.is_some_and(|m| m.as_slice::<f32>().is_none()) || q.is_empty() || k.is_empty() {
