@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const SHADERS: [&str; 6] = ["gemm_f32", "gemm_u8i8", "layer_norm", "gelu", "add", "attention"];
+const SHADERS: [&str; 8] = ["gemm_f32", "gemm_u8i8", "layer_norm", "gelu", "add", "attention", "layer_norm_backward", "attention_backward"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

@@ -5,17 +5,36 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Node, ValueId};
+use crate::kernels::attention::{AttentionDims, MaskView};
 use crate::ops::Linear;
+use crate::train::backward::attention::AttentionGrads;
+use crate::train::backward::norm::LayerNormGrads;
 use crate::tensor::Tensor;
 
 /// Another device that runs some of a CPU walk's work: the `vulkan` backend's shaders, when a
-/// trainer or a task session runs there. Whatever it declines (`None`) runs on the CPU.
+/// trainer or a task session runs there. Whatever it declines (`None`) runs on the CPU: the
+/// forward ops through [`Offload::node`], the backward pass's heavy input gradients through
+/// the other methods.
 pub trait Offload: Send + Sync {
     /// Runs `node` on `ins` on the device, or `None` to leave it to the CPU.
     fn node(&self, node: &Node, ins: &[Option<&Tensor>]) -> Result<Option<Tensor>>;
     /// The input gradient `dy·Wᵀ` of a frozen `Linear` (`dy` is rows of `l.n`), or `None` to
     /// leave it to the CPU.
     fn linear_input_grad(&self, l: &Linear, dy: &[f32]) -> Result<Option<Vec<f32>>>;
+    /// GELU's input gradient, or `None` for the CPU.
+    fn gelu_backward(&self, _x: &[f32], _dy: &[f32]) -> Result<Option<Vec<f32>>> {
+        Ok(None)
+    }
+    /// LayerNorm's gradients (at `x + skip` for the residual form), or `None` for the CPU.
+    fn layer_norm_backward(&self, _x: &[f32], _skip: Option<&[f32]>, _gamma: &[f32], _eps: f32, _dy: &[f32]) -> Result<Option<LayerNormGrads>> {
+        Ok(None)
+    }
+    /// Attention's gradients, with the arguments of
+    /// [`crate::train::backward::attention::attention_backward`], or `None` for the CPU.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(&self, _q: &[f32], _k: &[f32], _v: &[f32], _mask: Option<&MaskView<'_>>, _causal: bool, _scale: f32, _dims: &AttentionDims, _dout: &[f32]) -> Result<Option<AttentionGrads>> {
+        Ok(None)
+    }
     /// Drops what the device keeps for tensors nothing else holds any more (a trainer's
     /// previous parameters).
     fn release_unused(&self) {}

@@ -19,8 +19,9 @@ pub use session::{BackendConfig, BackendKind, BackendSession};
 
 /// The device that takes part of a `cpu` walk's work for a trainer or a task session on
 /// `kind`: none for `cpu`, the Vulkan device for `vulkan`. `ort` and `tract` run whole graphs
-/// only and cannot train: an [`Error::Config`].
-pub(crate) fn offload_for(kind: BackendKind) -> crate::error::Result<Option<std::sync::Arc<dyn cpu::Offload>>> {
+/// only and cannot train: an [`Error::Config`](crate::error::Error::Config). Tests use it to
+/// check each device kernel against the CPU.
+pub fn offload_for(kind: BackendKind) -> crate::error::Result<Option<std::sync::Arc<dyn cpu::Offload>>> {
     match kind {
         BackendKind::Cpu => Ok(None),
         #[cfg(feature = "vulkan")]

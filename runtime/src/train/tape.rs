@@ -68,6 +68,15 @@ fn unsupported(op: &Op) -> Error {
     Error::Config(format!("training through `{}` is not supported yet", op.name()))
 }
 
+/// Attention's gradients on `offload` when it takes them, else on the CPU.
+#[allow(clippy::too_many_arguments)]
+fn attention_grads(offload: Option<&dyn crate::backend::cpu::Offload>, q: &[f32], k: &[f32], v: &[f32], mask: Option<&MaskView<'_>>, causal: bool, scale: f32, dims: &AttentionDims, dout: &[f32]) -> Result<attn_bw::AttentionGrads> {
+    if let Some(gr) = offload.map(|o| o.attention_backward(q, k, v, mask, causal, scale, dims, dout)).transpose()?.flatten() {
+        return Ok(gr);
+    }
+    Ok(attn_bw::attention_backward(q, k, v, mask, causal, scale, dims, dout))
+}
+
 /// Sums a broadcast gradient back to `shape` (the reverse of NumPy broadcasting).
 fn unbroadcast(dy: &[f32], out: &[usize], shape: &[usize]) -> Vec<f32> {
     if out == shape {
@@ -276,7 +285,11 @@ impl<'g> Reverse<'g> {
                 }
                 Op::LayerNorm { axis: -1, epsilon } => {
                     let gamma = f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?;
-                    let gr = norm_bw::layer_norm_backward(f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, gamma, *epsilon, &dy);
+                    let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                    let gr = match offload.map(|o| o.layer_norm_backward(x, None, gamma, *epsilon, &dy)).transpose()?.flatten() {
+                        Some(gr) => gr,
+                        None => norm_bw::layer_norm_backward(x, gamma, *epsilon, &dy),
+                    };
                     send(&mut grads, inp(0), gr.dx, &mut out);
                     send(&mut grads, inp(1), gr.dgamma, &mut out);
                     send(&mut grads, inp(2), gr.dbeta, &mut out);
@@ -284,7 +297,10 @@ impl<'g> Reverse<'g> {
                 Op::AddLayerNorm { epsilon } => {
                     let (x, skip) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
                     let gamma = f32s(inp(2).ok_or_else(|| unsupported(&n.op))?)?;
-                    let gr = norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy);
+                    let gr = match offload.map(|o| o.layer_norm_backward(x, Some(skip), gamma, *epsilon, &dy)).transpose()?.flatten() {
+                        Some(gr) => gr,
+                        None => norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy),
+                    };
                     send(&mut grads, inp(0), gr.dx.clone(), &mut out);
                     send(&mut grads, inp(1), gr.dx, &mut out);
                     send(&mut grads, inp(2), gr.dgamma, &mut out);
@@ -296,7 +312,11 @@ impl<'g> Reverse<'g> {
                 }
                 Op::Gelu { tanh: false } => {
                     let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                    send(&mut grads, inp(0), activation::gelu_backward(x, &dy), &mut out);
+                    let dx = match offload.map(|o| o.gelu_backward(x, &dy)).transpose()?.flatten() {
+                        Some(dx) => dx,
+                        None => activation::gelu_backward(x, &dy),
+                    };
+                    send(&mut grads, inp(0), dx, &mut out);
                 }
                 Op::Silu => {
                     let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
@@ -324,7 +344,7 @@ impl<'g> Reverse<'g> {
                     let dout = if a.out_bshd { dy } else { permute(&dy, &[b, h, sq, d], &[0, 2, 1, 3]) };
                     let (kb, vb) = (to_bhsd(kt, a.k_layout)?, to_bhsd(vt, a.v_layout)?);
                     let gr = match &a.prefix {
-                        None => attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &kb, &vb, mv.as_ref(), a.causal, a.scale, &dims, &dout),
+                        None => attention_grads(offload, &to_bhsd(qt, a.q_layout)?, &kb, &vb, mv.as_ref(), a.causal, a.scale, &dims, &dout)?,
                         Some(p) => {
                             // The forward's prepended keys, values and widened mask, then the
                             // prefix rows' share of dK and dV split off.
@@ -332,7 +352,7 @@ impl<'g> Reverse<'g> {
                             let ext = mv.as_ref().map(|m| p.extend_mask(m, b, h, sq, sk));
                             let ev = ext.as_ref().map(|(data, st)| MaskView { data, batch_stride: st[0], head_stride: st[1], row_stride: st[2] });
                             let pd = AttentionDims { kv_len: p.len + sk, ..dims };
-                            let mut gr = attn_bw::attention_backward(&to_bhsd(qt, a.q_layout)?, &kp, &vp, ev.as_ref(), a.causal, a.scale, &pd, &dout);
+                            let mut gr = attention_grads(offload, &to_bhsd(qt, a.q_layout)?, &kp, &vp, ev.as_ref(), a.causal, a.scale, &pd, &dout)?;
                             let (dpk, dk) = p.split_grad(&gr.dk, b, kh, sk, d);
                             let (dpv, dv) = p.split_grad(&gr.dv, b, kh, sk, d);
                             if t.prefix.contains(&i) {

@@ -37,16 +37,20 @@ pub(super) enum Kernel {
     Gelu,
     Add,
     Attention,
+    LayerNormBackward,
+    AttentionBackward,
 }
 
 /// SPIR-V compiled by build.rs with glslangValidator from `shaders/*.comp`.
-const SPIRV: [&[u8]; 6] = [
+const SPIRV: [&[u8]; 8] = [
     include_bytes!(concat!(env!("OUT_DIR"), "/gemm_f32.spv")),
     include_bytes!(concat!(env!("OUT_DIR"), "/gemm_u8i8.spv")),
     include_bytes!(concat!(env!("OUT_DIR"), "/layer_norm.spv")),
     include_bytes!(concat!(env!("OUT_DIR"), "/gelu.spv")),
     include_bytes!(concat!(env!("OUT_DIR"), "/add.spv")),
     include_bytes!(concat!(env!("OUT_DIR"), "/attention.spv")),
+    include_bytes!(concat!(env!("OUT_DIR"), "/layer_norm_backward.spv")),
+    include_bytes!(concat!(env!("OUT_DIR"), "/attention_backward.spv")),
 ];
 
 /// A buffer of 32-bit words on the device.

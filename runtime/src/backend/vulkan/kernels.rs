@@ -203,9 +203,9 @@ pub(super) fn layer_norm(gpu: &Gpu, x: &Tensor, skip: Option<&Tensor>, gamma: &T
 /// GELU (erf form).
 pub(super) fn gelu(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let v = f32s(x, "Gelu input")?;
-    let (xb, out) = (gpu.upload_f32(v)?, gpu.zeros(v.len())?);
+    let (xb, out, none) = (gpu.upload_f32(v)?, gpu.zeros(v.len())?, gpu.zeros(1)?);
     let mut batch = gpu.batch()?;
-    batch.dispatch(Kernel::Gelu, &[&xb, &out], [v.len() as u32], [groups(v.len(), 64), 1, 1])?;
+    batch.dispatch(Kernel::Gelu, &[&xb, &out, &none], [v.len() as u32, 0], [groups(v.len(), 64), 1, 1])?;
     batch.run()?;
     Tensor::new(x.shape(), gpu.read_f32(&out, v.len())?)
 }
@@ -265,4 +265,92 @@ pub(super) fn attention(gpu: &Gpu, a: &Attention, q: &Tensor, k: &Tensor, v: &Te
     batch.run()?;
     let shape = if a.out_bshd { [b, sq, h, d] } else { [b, h, sq, d] };
     Tensor::new(&shape, gpu.read_f32(&out, b * h * sq * d)?)
+}
+
+/// GELU's input gradient, `dy·(Φ(x) + x·φ(x))`.
+pub(super) fn gelu_backward(gpu: &Gpu, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+    if x.len() != dy.len() {
+        return Err(err(format!("Gelu backward: {} inputs, {} gradients", x.len(), dy.len())));
+    }
+    if x.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (xb, out, db) = (gpu.upload_f32(x)?, gpu.zeros(x.len())?, gpu.upload_f32(dy)?);
+    let mut batch = gpu.batch()?;
+    batch.dispatch(Kernel::Gelu, &[&xb, &out, &db], [x.len() as u32, 1], [groups(x.len(), 64), 1, 1])?;
+    batch.run()?;
+    gpu.read_f32(&out, x.len())
+}
+
+/// LayerNorm's gradients over rows of `gamma.len()` (at `x + skip` for the residual form):
+/// dx, then dγ and dβ summed over the rows.
+pub(super) fn layer_norm_backward(gpu: &Gpu, x: &[f32], skip: Option<&[f32]>, gamma: &[f32], eps: f32, dy: &[f32]) -> Result<crate::train::backward::norm::LayerNormGrads> {
+    let d = gamma.len();
+    if d == 0 || !x.len().is_multiple_of(d) || dy.len() != x.len() || skip.is_some_and(|s| s.len() != x.len()) {
+        return Err(err(format!("LayerNorm backward: {} values, {} gradients over rows of {d}", x.len(), dy.len())));
+    }
+    let rows = x.len() / d;
+    if rows == 0 {
+        return Ok(crate::train::backward::norm::LayerNormGrads { dx: Vec::new(), dgamma: vec![0.0; d], dbeta: vec![0.0; d] });
+    }
+    let xb = gpu.upload_f32(x)?;
+    let sb = match skip {
+        Some(s) => gpu.upload_f32(s)?,
+        None => gpu.zeros(1)?,
+    };
+    let (gb, db) = (gpu.upload_f32(gamma)?, gpu.upload_f32(dy)?);
+    let (dx, stats, dgb) = (gpu.zeros(x.len())?, gpu.zeros(2 * rows)?, gpu.zeros(2 * d)?);
+    let flags = u32::from(skip.is_some());
+    let bufs = [&xb, &sb, &gb, &db, &dx, &stats, &dgb];
+    let mut batch = gpu.batch()?;
+    batch.dispatch(Kernel::LayerNormBackward, &bufs, [rows as u32, d as u32, eps.to_bits(), flags], [groups(rows, 64), 1, 1])?;
+    batch.dispatch(Kernel::LayerNormBackward, &bufs, [rows as u32, d as u32, eps.to_bits(), flags | 2], [groups(d, 64), 1, 1])?;
+    batch.run()?;
+    let both = gpu.read_f32(&dgb, 2 * d)?;
+    Ok(crate::train::backward::norm::LayerNormGrads { dx: gpu.read_f32(&dx, x.len())?, dgamma: both[..d].to_vec(), dbeta: both[d..].to_vec() })
+}
+
+/// Attention's gradients for contiguous q `[B, H, Sq, D]`, k and v `[B, KVH, Sk, D]` and
+/// `dout` `[B, Sq, H, D]`, as [`crate::train::backward::attention::attention_backward`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_backward(
+    gpu: &Gpu,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    mask: Option<&crate::kernels::attention::MaskView<'_>>,
+    causal: bool,
+    scale: f32,
+    dims: &crate::kernels::attention::AttentionDims,
+    dout: &[f32],
+) -> Result<crate::train::backward::attention::AttentionGrads> {
+    let crate::kernels::attention::AttentionDims { batch, heads, kv_heads, q_len, kv_len, head_dim } = *dims;
+    let (qn, kvn) = (batch * heads * q_len * head_dim, batch * kv_heads * kv_len * head_dim);
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || q.len() != qn || k.len() != kvn || v.len() != kvn || dout.len() != qn {
+        return Err(err(format!("Attention backward: q {}, k {}, v {}, dout {} do not fit {dims:?}", q.len(), k.len(), v.len(), dout.len())));
+    }
+    let mut grads = crate::train::backward::attention::AttentionGrads { dq: vec![0.0; qn], dk: vec![0.0; kvn], dv: vec![0.0; kvn] };
+    if qn == 0 || kv_len == 0 {
+        return Ok(grads);
+    }
+    let (mb, mst) = match mask {
+        Some(m) => (gpu.upload_f32(m.data)?, [m.batch_stride, m.head_stride, m.row_stride]),
+        None => (gpu.zeros(1)?, [0; 3]),
+    };
+    let (qb, kb, vb, ob) = (gpu.upload_f32(q)?, gpu.upload_f32(k)?, gpu.upload_f32(v)?, gpu.upload_f32(dout)?);
+    let scores = batch * heads * q_len * kv_len;
+    let (pr, ds) = (gpu.zeros(scores)?, gpu.zeros(scores)?);
+    let (dq, dk, dv) = (gpu.zeros(qn)?, gpu.zeros(kvn)?, gpu.zeros(kvn)?);
+    let u = |x: usize| x as u32;
+    let flags = u32::from(mask.is_some()) | if causal { 2 } else { 0 };
+    let push = |flags: u32| [u(batch), u(heads), u(kv_heads), u(q_len), u(kv_len), u(head_dim), u(mst[0]), u(mst[1]), u(mst[2]), flags, scale.to_bits()];
+    let bufs = [&qb, &kb, &vb, &mb, &ob, &pr, &ds, &dq, &dk, &dv];
+    let mut b = gpu.batch()?;
+    b.dispatch(Kernel::AttentionBackward, &bufs, push(flags), [groups(q_len, 64), u(heads), u(batch)])?;
+    b.dispatch(Kernel::AttentionBackward, &bufs, push(flags | 4), [groups(kv_len, 64), u(kv_heads), u(batch)])?;
+    b.run()?;
+    grads.dq = gpu.read_f32(&dq, qn)?;
+    grads.dk = gpu.read_f32(&dk, kvn)?;
+    grads.dv = gpu.read_f32(&dv, kvn)?;
+    Ok(grads)
 }

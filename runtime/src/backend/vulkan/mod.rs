@@ -14,6 +14,10 @@
 //! | `Add` of equal shapes | `add.comp` | exact |
 //! | `Attention` (padding or causal mask, grouped KV heads) | `attention.comp` | to f32 rounding (its own `exp`) |
 //!
+//! In training ([`VulkanOffload`]) the backward pass adds `attention_backward.comp`,
+//! `layer_norm_backward.comp`, GELU's backward mode and the GEMM for frozen layers' input
+//! gradients.
+//!
 //! The SPIR-V is compiled from `shaders/*.comp` by build.rs with glslangValidator. It is
 //! tested on Mesa's lavapipe (a CPU implementation of Vulkan); no GPU was at hand.
 
@@ -23,6 +27,9 @@ mod kernels;
 use std::sync::{Arc, Mutex};
 
 use super::cpu::Offload;
+use crate::kernels::attention::{AttentionDims, MaskView};
+use crate::train::backward::attention::AttentionGrads;
+use crate::train::backward::norm::LayerNormGrads;
 use crate::base::Base;
 use crate::delta::Delta;
 use crate::error::{Error, Result};
@@ -137,9 +144,10 @@ impl VulkanSession {
 }
 
 /// The Vulkan device as an [`Offload`] of the `cpu` backend's walk: a trainer (or a task
-/// session) on `vulkan` runs the forward ops the shaders cover, and the input gradients of
-/// frozen `Linear` layers, here; the rest of the step (the other backward ops, the
-/// parameters' gradients, the optimizer) on the CPU.
+/// session) on `vulkan` runs the forward ops the shaders cover and the backward pass's
+/// frozen-`Linear` input gradients, attention, LayerNorm and GELU gradients here; the rest of
+/// the step (LoRA and patch gradients, RMSNorm, SiLU, rotary, the head, the optimizer) on the
+/// CPU.
 pub(crate) struct VulkanOffload {
     gpu: Arc<Gpu>,
     cache: Mutex<WeightCache>,
@@ -166,6 +174,18 @@ impl Offload for VulkanOffload {
         kernels::linear_input_grad(&self.gpu, &mut self.cache(), l, dy)
             .map(Some)
             .map_err(|e| Error::Backend { backend: "vulkan", reason: format!("input gradient of `{}`: {e}", l.module) })
+    }
+
+    fn gelu_backward(&self, x: &[f32], dy: &[f32]) -> Result<Option<Vec<f32>>> {
+        kernels::gelu_backward(&self.gpu, x, dy).map(Some)
+    }
+
+    fn layer_norm_backward(&self, x: &[f32], skip: Option<&[f32]>, gamma: &[f32], eps: f32, dy: &[f32]) -> Result<Option<LayerNormGrads>> {
+        kernels::layer_norm_backward(&self.gpu, x, skip, gamma, eps, dy).map(Some)
+    }
+
+    fn attention_backward(&self, q: &[f32], k: &[f32], v: &[f32], mask: Option<&MaskView<'_>>, causal: bool, scale: f32, dims: &AttentionDims, dout: &[f32]) -> Result<Option<AttentionGrads>> {
+        kernels::attention_backward(&self.gpu, q, k, v, mask, causal, scale, dims, dout).map(Some)
     }
 
     fn release_unused(&self) {

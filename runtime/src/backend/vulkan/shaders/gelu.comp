@@ -1,10 +1,12 @@
 #version 450
 // GELU (erf form): 0.5·x·(erf(x/√2) + 1), with the CPU kernel's erf (same polynomials and
-// constants, fma where it uses mul_add).
+// constants, fma where it uses mul_add). With `backward` set, the input gradient instead:
+// dy·(Φ(x) + x·φ(x)), Φ(x) = ½(1 + erf(x/√2)), φ(x) = e^(−x²/2)/√(2π).
 layout(local_size_x = 64) in;
 layout(std430, set = 0, binding = 0) readonly buffer X { float x[]; };
 layout(std430, set = 0, binding = 1) writeonly buffer Y { float y[]; };
-layout(push_constant) uniform P { uint len; } p;
+layout(std430, set = 0, binding = 2) readonly buffer DY { float dy[]; };
+layout(push_constant) uniform P { uint len; uint backward; } p;
 
 float c(uint bits) { return uintBitsToFloat(bits); }
 
@@ -52,6 +54,12 @@ void main() {
         return;
     }
     precise float v = x[i];
+    if (p.backward != 0u) {
+        precise float cdf = 0.5 * (1.0 + erf_(v * c(0x3F3504F3u)));
+        precise float pdf = 0.3989422804014327 * exp(-0.5 * v * v);
+        y[i] = dy[i] * (cdf + v * pdf);
+        return;
+    }
     precise float h = 0.5 * v;
     y[i] = h * (erf_(v * c(0x3F3504F3u)) + 1.0);
 }
