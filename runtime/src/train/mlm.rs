@@ -64,19 +64,20 @@ pub fn mask_tokens(ids: &[i64], attention: &[i64], c: &MaskingConfig, seed: u64)
     Ok((out, labels))
 }
 
-/// The frozen word-embedding table `E` `[vocab, hidden]` as f32.
-pub(crate) fn output_embedding(g: &Graph) -> Result<Vec<f32>> {
+/// The frozen word-embedding table `E` `[vocab, hidden]` as f32 (borrowed unless it is stored
+/// quantized).
+pub(crate) fn output_embedding(g: &Graph) -> Result<std::borrow::Cow<'_, [f32]>> {
     let at = crate::peft::prompt::word_embedding(g).ok_or_else(|| Error::Config("masked-LM training needs the word-embedding lookup of `input_ids`".into()))?;
     let n = &g.nodes[at];
     let (Op::Embedding { dequant, .. }, Some(table)) = (&n.op, g.input_constant(n, 0)) else {
         return Err(Error::Config("masked-LM training needs a constant word-embedding table".into()));
     };
     match dequant {
-        None => Ok(table.typed::<f32>("word embeddings")?.to_vec()),
+        None => Ok(std::borrow::Cow::Borrowed(table.typed::<f32>("word embeddings")?)),
         Some(_) => {
             let vocab = table.shape().first().copied().unwrap_or(0);
             let all = Tensor::new(&[vocab], (0..vocab as i64).collect())?;
-            Ok(crate::ops::gather::embedding(table, &all, *dequant)?.to_f32_vec())
+            Ok(std::borrow::Cow::Owned(crate::ops::gather::embedding(table, &all, *dequant)?.to_f32_vec()))
         }
     }
 }
