@@ -87,6 +87,9 @@ pub fn inspect(args: &DeltaInspectArgs, out: &mut dyn Write) -> Result<()> {
         PeftMethod::Adapter(c) => to_json(c),
         PeftMethod::Prefix(c) => to_json(c),
         PeftMethod::DiffPruning(c) => to_json(c),
+        PeftMethod::Prompt(c) => to_json(c),
+        PeftMethod::MadxLanguage(c) => to_json(c),
+        PeftMethod::MadxTask(c) => to_json(c),
         other => Value::String(other.describe()),
     };
     let tensors: Vec<TensorReport> = d

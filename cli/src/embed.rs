@@ -194,6 +194,27 @@ impl TextTokenizer {
         })
     }
 
+    /// BERT's masking settings for this tokenizer: its `[MASK]` id, the special tokens never
+    /// masked (`[CLS]`, `[SEP]`, `[PAD]`), and its vocabulary for random replacements.
+    pub(crate) fn masking(&self) -> Result<kilotune::train::mlm::MaskingConfig> {
+        let mask_id = self.tokenizer.token_to_id("[MASK]").ok_or_else(|| CliError::Tokenizer {
+            path: self.path.clone(),
+            reason: "masked-LM training needs a `[MASK]` token".into(),
+        })?;
+        let special_ids = ["[CLS]", "[SEP]", "[PAD]"]
+            .iter()
+            .filter_map(|t| self.tokenizer.token_to_id(t))
+            .chain([self.pad_id])
+            .map(i64::from)
+            .collect();
+        Ok(kilotune::train::mlm::MaskingConfig {
+            probability: 0.15,
+            mask_id: i64::from(mask_id),
+            special_ids,
+            vocab: self.tokenizer.get_vocab_size(true),
+        })
+    }
+
     pub(crate) fn encode(&self, text: &str) -> Result<Encoding> {
         // One text at a time on this thread: `encode_batch` would use rayon's global pool and
         // ignore `--threads`, and tokenizing costs little next to the model.

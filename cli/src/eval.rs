@@ -1,5 +1,6 @@
 //! `kilotune eval`: a trained delta on JSON lines of its task → accuracy and loss (classifier),
-//! loss and perplexity (causal LM) or mean squared error (regressor).
+//! loss and perplexity (causal or masked LM) or mean squared error (regressor). A MAD-X task
+//! delta can run on another language adapter (`--lang-adapter`).
 //!
 //! The base runs with the delta applied and the delta's head on top, through the runtime's
 //! `TaskSession`: the same code the trainer evaluates with, so the numbers match training's.
@@ -30,6 +31,14 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
         &LoadLimits::default(),
     )
     .map_err(kilotune::Error::from)?;
+    let delta = match &args.lang_adapter {
+        Some(path) => {
+            let lang = delta::load(path, Some(&base.fingerprint()), &LoadLimits::default())
+                .map_err(kilotune::Error::from)?;
+            kilotune::peft::madx::with_language(&delta, &lang)?
+        }
+        None => delta,
+    };
     let Some(task) = delta.head.clone() else {
         return Err(CliError::Usage(format!(
             "eval needs a delta with a task head; {} has none",
@@ -39,7 +48,7 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
     let kind = match task {
         TaskHead::Classification { .. } => LabelKind::Class,
         TaskHead::Regression { .. } => LabelKind::Number,
-        TaskHead::CausalLm => LabelKind::None,
+        TaskHead::CausalLm | TaskHead::MaskedLm => LabelKind::None,
     };
     let rows = data::read_jsonl(&args.data, args.limit, kind)?;
     let rule = match task {
@@ -59,6 +68,12 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
     let session = TaskSession::new(base, &delta, args.model.session_config())?.on_backend(args.backend)?;
     let order: Vec<usize> = (0..set.len()).collect();
     let batches = set.batches(&order, args.batch as usize, &tok, &feeds)?;
+    // A masked LM (a MAD-X language adapter) is scored on BERT-masked texts, fixed by a seed.
+    let masking = match task {
+        TaskHead::MaskedLm => Some(tok.masking()?),
+        _ => None,
+    };
+    let batches = crate::train::mask_batches(batches, masking.as_ref(), 0)?;
     let e = session.evaluate(&batches)?;
 
     let line = match task {
@@ -74,10 +89,11 @@ pub fn eval(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
                 )
             }
         }
-        TaskHead::CausalLm => {
+        TaskHead::CausalLm | TaskHead::MaskedLm => {
             let (ppl, tokens) = (e.perplexity.unwrap_or(f32::NAN), e.tokens.unwrap_or(0));
+            let name = if task == TaskHead::CausalLm { "causal-lm" } else { "mlm" };
             if args.json {
-                serde_json::json!({"task": "causal-lm", "loss": e.loss, "perplexity": ppl, "tokens": tokens, "rows": e.rows})
+                serde_json::json!({"task": name, "loss": e.loss, "perplexity": ppl, "tokens": tokens, "rows": e.rows})
                     .to_string()
             } else {
                 format!(

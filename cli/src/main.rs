@@ -84,14 +84,14 @@ the delta over the base alone on one test batch (interleaved in the same run).",
         after_help = "Examples:\n  kilotune embed model.onnx --tokenizer tokenizer.json \"hello world\" \"a second sentence\"\n  kilotune embed model.onnx --tokenizer tokenizer.json --file lines.txt --out embeddings.npy"
     )]
     Embed(EmbedArgs),
-    /// Train a delta (LoRA or BitFit, plus the task's head) on JSON lines: classify, regress or causal-lm.
+    /// Train a delta (LoRA, BitFit, adapters, prompts, ..., plus the task's head) on JSON lines: classify, regress, causal-lm or mlm.
     #[command(
-        after_help = "Data: one JSON object per line.\n  classify   {\"text\": \"...\", \"label\": \"pos\"} or an integer label. String labels map to class ids in\n             sorted order of the distinct labels; integer labels are the class ids. `kilotune eval`\n             applies the same rule, so nothing about labels is stored in the delta.\n  regress    {\"text\": \"...\", \"label\": 0.75}: one number per row, fitted by mean squared error.\n  causal-lm  {\"text\": \"...\"}: next-token prediction through the model's own LM head (its first\n             output must be the logits); padding is never scored.\n\nExamples:\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data train.jsonl --task classify \\\n      --method lora --rank 8 --targets query,value --epochs 3 --batch 16 --lr 5e-4 \\\n      --eval test.jsonl --out user.ktd\n  kilotune train --model llama.onnx --tokenizer tokenizer.json --data notes.jsonl --task causal-lm \\\n      --targets q_proj,v_proj --out user.ktd"
+        after_help = "Data: one JSON object per line.\n  classify   {\"text\": \"...\", \"label\": \"pos\"} or an integer label. String labels map to class ids in\n             sorted order of the distinct labels; integer labels are the class ids. `kilotune eval`\n             applies the same rule, so nothing about labels is stored in the delta.\n  regress    {\"text\": \"...\", \"label\": 0.75}: one number per row, fitted by mean squared error.\n  causal-lm  {\"text\": \"...\"}: next-token prediction through the model's own LM head (its first\n             output must be the logits); padding is never scored.\n  mlm        {\"text\": \"...\"}: masked-LM through the tied word embeddings, for MAD-X language\n             adapters only (--method madx-lang); the tokenizer needs a [MASK] token.\n\nMAD-X: train a language (or domain) adapter on unlabelled text, then a task adapter stacked on\nit; `kilotune eval --lang-adapter` runs the task adapter on another language's adapter.\n\nExamples:\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data train.jsonl --task classify \\\n      --method lora --rank 8 --targets query,value --epochs 3 --batch 16 --lr 5e-4 \\\n      --eval test.jsonl --out user.ktd\n  kilotune train --model llama.onnx --tokenizer tokenizer.json --data notes.jsonl --task causal-lm \\\n      --targets q_proj,v_proj --out user.ktd\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data texts.jsonl --task mlm \\\n      --method madx-lang --out lang.ktd\n  kilotune train --model model.onnx --tokenizer tokenizer.json --data train.jsonl --task classify \\\n      --method madx-task --lang-adapter lang.ktd --out task.ktd"
     )]
     Train(TrainArgs),
     /// Evaluate a trained delta on JSON lines: accuracy (classify), perplexity (causal-lm) or MSE (regress).
     #[command(
-        after_help = "The delta names its task; --data holds rows of that task's kind (see `kilotune train --help`).\nPrinted: `accuracy` and `loss` for a classifier, `loss` (per predicted token) and `perplexity`\nfor a causal LM, `mse` for a regressor; --json prints one object with the same keys.\n\nLabels: string labels map to class ids in sorted order of the distinct labels in --data,\ninteger labels are the class ids: the rule `kilotune train` used. Give a file with every class.\n\nExample:\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta user.ktd --data test.jsonl --json"
+        after_help = "The delta names its task; --data holds rows of that task's kind (see `kilotune train --help`).\nPrinted: `accuracy` and `loss` for a classifier, `loss` (per predicted token) and `perplexity`\nfor a causal LM (and for a MAD-X language adapter: per masked token, BERT's masking with a\nfixed seed), `mse` for a regressor; --json prints one object with the same keys.\n\nMAD-X: --lang-adapter runs a task delta on another language adapter than its own.\n\nLabels: string labels map to class ids in sorted order of the distinct labels in --data,\ninteger labels are the class ids: the rule `kilotune train` used. Give a file with every class.\n\nExamples:\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta user.ktd --data test.jsonl --json\n  kilotune eval --model model.onnx --tokenizer tokenizer.json --delta task.ktd --lang-adapter other.ktd \\\n      --data test.jsonl"
     )]
     Eval(EvalArgs),
     /// Merge a delta into its base model and write the merged model as ONNX.
@@ -375,6 +375,10 @@ enum Task {
     Regress,
     /// Causal language modelling: next-token cross-entropy through the model's own LM head.
     CausalLm,
+    /// Masked-language modelling on unlabelled text ({"text": ...}): BERT's masking (15% of
+    /// the tokens; 80% [MASK], 10% random, 10% kept), scored through the tied word
+    /// embeddings. Trains MAD-X language adapters (--method madx-lang).
+    Mlm,
 }
 
 /// How a classification head pools a text's hidden states.
@@ -410,6 +414,16 @@ enum Method {
     /// Diff pruning: a sparse δ on every Linear weight, learned with a hard-concrete L0
     /// penalty and cut to --density (see --l0-lambda).
     DiffPruning,
+    /// Prompt tuning: --prompt-len trainable embeddings in front of every input (the outputs
+    /// keep only the real tokens).
+    Prompt,
+    /// MAD-X language (or domain) adapter: a Pfeiffer adapter per block and an invertible
+    /// adapter on the embeddings, trained with --task mlm on unlabelled text (see --bottleneck,
+    /// --invertible-bottleneck).
+    MadxLang,
+    /// MAD-X task adapter: a Pfeiffer adapter stacked on the frozen language adapter of
+    /// --lang-adapter (a madx-lang delta); the saved delta carries a copy of it.
+    MadxTask,
 }
 
 /// The nonlinearity inside a bottleneck adapter.
@@ -427,10 +441,16 @@ struct MethodFlags {
     /// top-layers: how many of the last transformer blocks are trained.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     layers: u32,
-    /// houlsby / pfeiffer: the adapter's bottleneck size m.
+    /// houlsby / pfeiffer / madx-lang / madx-task: the adapter's bottleneck size m.
     #[arg(long, value_name = "M", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     bottleneck: u32,
-    /// houlsby / pfeiffer: the adapter's nonlinearity.
+    /// madx-lang: the hidden width of the invertible adapter's two coupling MLPs.
+    #[arg(long, value_name = "M", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    invertible_bottleneck: u32,
+    /// madx-task: the MAD-X language delta (.ktd, from --method madx-lang) to stack on.
+    #[arg(long, value_name = "FILE.ktd")]
+    lang_adapter: Option<PathBuf>,
+    /// houlsby / pfeiffer / madx-lang: the adapter's nonlinearity.
     #[arg(long, value_enum, default_value_t = ActivationChoice::Relu)]
     adapter_activation: ActivationChoice,
     /// prefix: virtual tokens per attention layer.
@@ -440,6 +460,9 @@ struct MethodFlags {
     /// the saved delta); 0 trains the prefixes directly.
     #[arg(long, value_name = "H", default_value_t = 128)]
     prefix_mlp: u32,
+    /// prompt: soft-prompt tokens prepended to the input embeddings.
+    #[arg(long, value_name = "L", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    prompt_len: u32,
     /// diff-pruning: the share of the weights' elements the saved δ keeps.
     #[arg(long, value_name = "D", default_value_t = 0.005)]
     density: f32,
@@ -501,8 +524,8 @@ struct CompareArgs {
     #[arg(long, value_name = "B", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
     /// Only these rows, comma-separated: full, head-only, top-2, bitfit, bitfit-query-mlp,
-    /// diff-0.5%, houlsby-8, houlsby-64, pfeiffer-8, pfeiffer-64, prefix-10, prefix-30, lora-4,
-    /// lora-8, ia3.
+    /// diff-0.5%, houlsby-8, houlsby-64, pfeiffer-8, pfeiffer-64, prefix-10, prefix-30,
+    /// prompt-10, madx, lora-4, lora-8, ia3.
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
     /// Seed for initialization and the per-epoch shuffle.
@@ -520,7 +543,7 @@ struct CompareArgs {
 struct TrainArgs {
     #[command(flatten)]
     model: ModelFlags,
-    /// Training data: JSON lines {"text": ..., "label": ...} ({"text": ...} for causal-lm).
+    /// Training data: JSON lines {"text": ..., "label": ...} ({"text": ...} for causal-lm and mlm).
     #[arg(long, value_name = "FILE.jsonl")]
     data: PathBuf,
     /// The task: a classifier, a regressor, or the language model itself.
@@ -603,6 +626,10 @@ struct EvalArgs {
     /// The trained delta (.ktd); its task head says what is measured.
     #[arg(long, value_name = "FILE.ktd")]
     delta: Option<PathBuf>,
+    /// For a MAD-X task delta: run it on this language adapter (a madx-lang delta) instead of
+    /// the one it was trained with.
+    #[arg(long, value_name = "FILE.ktd")]
+    lang_adapter: Option<PathBuf>,
     /// Data of the delta's task: JSON lines {"text": ..., "label": ...} ({"text": ...} for a causal LM).
     #[arg(long, value_name = "FILE.jsonl")]
     data: PathBuf,

@@ -9,10 +9,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kilotune::peft::{
     AdapterActivation, AdapterConfig, AdapterPlacement, BitFitConfig, BitFitVariant,
     DiffPruningConfig, Ia3Config,
-    LoraConfig, PeftMethod, Pooling, PrefixConfig, TaskHead, TopLayersConfig,
+    LoraConfig, MadxLanguageConfig, MadxTaskConfig, PeftMethod, Pooling, PrefixConfig,
+    PromptConfig, TaskHead, TopLayersConfig,
 };
 use kilotune::train::optim::{Decay, OptimizerConfig, Schedule};
-use kilotune::train::trainer::{Evaluation, TrainConfig, Trainer};
+use kilotune::train::mlm::{mask_tokens, MaskingConfig};
+use kilotune::train::trainer::{Batch, Evaluation, TrainConfig, Trainer};
 use kilotune::Base;
 
 use crate::data::{self, Classes, Encoded, LabelKind, Labels};
@@ -35,12 +37,28 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
                 .into(),
         ));
     }
+    match (args.task, args.method) {
+        (Task::Mlm, Method::MadxLang) => {}
+        (Task::Mlm, _) | (_, Method::MadxLang) => {
+            return Err(CliError::Usage(
+                "--task mlm trains MAD-X language adapters: use it with --method madx-lang (and                  the other way round)"
+                    .into(),
+            ))
+        }
+        (_, Method::MadxTask) if args.methods.lang_adapter.is_none() => {
+            return Err(CliError::Usage(
+                "--method madx-task stacks on a language adapter: give --lang-adapter LANG.ktd                  (trained with --method madx-lang --task mlm)"
+                    .into(),
+            ))
+        }
+        _ => {}
+    }
     // Before any slow work: a report folder that cannot be written must not cost a run.
     let report_dir = args.report.as_deref().map(ReportDir::create).transpose()?;
     let kind = match args.task {
         Task::Classify => LabelKind::Class,
         Task::Regress => LabelKind::Number,
-        Task::CausalLm => LabelKind::None,
+        Task::CausalLm | Task::Mlm => LabelKind::None,
     };
 
     let rows = data::read_jsonl(&args.data, args.limit, kind)?;
@@ -127,9 +145,21 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
             },
         },
         (None, Task::Regress) => TaskHead::Regression { outputs: 1 },
+        (None, Task::Mlm) => TaskHead::MaskedLm,
         _ => TaskHead::CausalLm,
     };
-    let mut trainer = Trainer::new(base, method, head, config)?;
+    let masking = match args.task {
+        Task::Mlm => Some(tok.masking()?),
+        _ => None,
+    };
+    let mut trainer = match (args.method, &args.methods.lang_adapter) {
+        (Method::MadxTask, Some(path)) => {
+            let lang = kilotune::delta::load(path, Some(&base.fingerprint()), &Default::default())
+                .map_err(kilotune::Error::from)?;
+            Trainer::madx_task(base, &lang, args.methods.bottleneck, head, config)?
+        }
+        _ => Trainer::new(base, method, head, config)?,
+    };
     outln(
         out,
         format!(
@@ -153,7 +183,11 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     }
 
     let eval_batches = match &eval_set {
-        Some(set) => Some(set.batches(&(0..set.len()).collect::<Vec<_>>(), batch, &tok, &feeds)?),
+        Some(set) => {
+            let b = set.batches(&(0..set.len()).collect::<Vec<_>>(), batch, &tok, &feeds)?;
+            // Held-out masks are fixed, so epochs compare.
+            Some(mask_batches(b, masking.as_ref(), args.seed ^ EVAL_MASK_SEED)?)
+        }
         None => None,
     };
 
@@ -161,6 +195,7 @@ pub fn train(args: &TrainArgs, out: &mut dyn Write) -> Result<()> {
     for epoch in 0..args.epochs {
         let order = data::shuffled(train_set.len(), args.seed, epoch);
         let batches = train_set.batches(&order, batch, &tok, &feeds)?;
+        let batches = mask_batches(batches, masking.as_ref(), args.seed ^ (u64::from(epoch) << 32))?;
         let bar = if interactive {
             let bar = ProgressBar::new(batches.len() as u64);
             bar.set_style(
@@ -303,7 +338,56 @@ pub fn peft_method(choice: Method, args: &TrainArgs, base: &Base) -> PeftMethod 
             l0_lambda: m.l0_lambda,
             target_modules: Vec::new(),
         }),
+        Method::Prompt => PeftMethod::Prompt(PromptConfig { len: m.prompt_len }),
+        Method::MadxLang => PeftMethod::MadxLanguage(madx_language(m)),
+        // The language settings come from --lang-adapter's delta (`Trainer::madx_task`).
+        Method::MadxTask => PeftMethod::MadxTask(MadxTaskConfig {
+            language: madx_language(m),
+            bottleneck: m.bottleneck,
+        }),
     }
+}
+
+/// The MAD-X language adapter settings of the method flags.
+fn madx_language(m: &crate::MethodFlags) -> MadxLanguageConfig {
+    MadxLanguageConfig {
+        bottleneck: m.bottleneck,
+        invertible_bottleneck: m.invertible_bottleneck,
+        activation: match m.adapter_activation {
+            ActivationChoice::Relu => AdapterActivation::Relu,
+            ActivationChoice::Gelu => AdapterActivation::Gelu,
+        },
+    }
+}
+
+/// Mixed into the seed of the held-out batches' masks.
+const EVAL_MASK_SEED: u64 = 0x0065_7661_6C00;
+
+/// `batches` as masked-LM batches when `masking` is given (BERT's rule, each batch with its own
+/// seed drawn from `seed`), else unchanged.
+pub(crate) fn mask_batches(
+    batches: Vec<Batch>,
+    masking: Option<&MaskingConfig>,
+    seed: u64,
+) -> Result<Vec<Batch>> {
+    let Some(c) = masking else { return Ok(batches) };
+    let mut out = Vec::with_capacity(batches.len());
+    for (i, b) in batches.into_iter().enumerate() {
+        let find = |name: &str| b.inputs.iter().position(|(n, _)| n == name);
+        let (Some(ids_at), Some(mask_at)) = (find("input_ids"), find("attention_mask")) else {
+            return Err(CliError::Usage(
+                "masked-LM training needs the model's input_ids and attention_mask inputs".into(),
+            ));
+        };
+        let ids = b.inputs[ids_at].1.to_i64_vec("input_ids")?;
+        let mask = b.inputs[mask_at].1.to_i64_vec("attention_mask")?;
+        let (masked, labels) = mask_tokens(&ids, &mask, c, seed.wrapping_add(i as u64))?;
+        let mut inputs = b.inputs;
+        let shape = inputs[ids_at].1.shape().to_vec();
+        inputs[ids_at].1 = kilotune::Tensor::new(&shape, masked)?;
+        out.push(Batch::masked_lm(inputs, labels));
+    }
+    Ok(out)
 }
 
 /// An epoch's evaluation in the task's terms, for the per-epoch line.

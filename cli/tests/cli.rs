@@ -593,7 +593,7 @@ fn train_bitfit_writes_a_delta_that_eval_reads() {
 
 #[test]
 fn train_every_other_method_writes_a_delta_that_eval_reads() {
-    for method in ["head-only", "top-layers", "full", "ia3", "houlsby", "pfeiffer", "prefix", "diff-pruning"] {
+    for method in ["head-only", "top-layers", "full", "ia3", "houlsby", "pfeiffer", "prefix", "diff-pruning", "prompt"] {
         train_then_eval(method);
     }
 }
@@ -635,6 +635,62 @@ fn ort_and_tract_cannot_train() {
     }
 }
 
+/// `kilotune train` (or `eval`) with the tiny model and `rest`; returns its output.
+fn run_cli(cmd: &str, tok: &Path, rest: &[&str]) -> Output {
+    let mut args: Vec<String> = vec![cmd.into()];
+    args.extend(model_flags(tok));
+    args.extend(rest.iter().map(|s| (*s).to_owned()));
+    kilotune(&args)
+}
+
+#[test]
+fn madx_language_adapters_train_by_mlm_and_swap_under_a_task_adapter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tok = write_tokenizer(dir.path());
+    let train = write_data(dir.path(), "train.jsonl", 24);
+    let test = write_data(dir.path(), "test.jsonl", 12);
+    // A second text source for the second language (domain) adapter.
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "{\"text\": \"the second sentence is running\"}\n{\"text\": \"a world of mats , hello .\"}\n".repeat(8)).expect("write data");
+    let p = |x: &Path| x.display().to_string();
+    let (lang_a, lang_b, task) = (dir.path().join("a.ktd"), dir.path().join("b.ktd"), dir.path().join("task.ktd"));
+    for (data, out) in [(&train, &lang_a), (&other, &lang_b)] {
+        let o = run_cli("train", &tok, &["--data", &p(data), "--task", "mlm", "--method", "madx-lang", "--bottleneck", "4", "--invertible-bottleneck", "3", "--epochs", "2", "--batch", "8", "--lr", "1e-2", "--eval", &p(data), "--out", &p(out)]);
+        assert!(o.status.success(), "train madx-lang: {}", stderr(&o));
+        assert!(stdout(&o).contains("epoch 2: loss") && stdout(&o).contains("perplexity"), "{}", stdout(&o));
+    }
+    let o = run_cli("eval", &tok, &["--delta", &p(&lang_a), "--data", &p(&train), "--json"]);
+    assert!(o.status.success(), "eval mlm: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON object");
+    assert_eq!(v["task"], "mlm", "{v}");
+    assert!(v["perplexity"].as_f64().expect("perplexity") > 1.0 && v["tokens"].as_u64().expect("tokens") > 0, "{v}");
+
+    let o = run_cli("train", &tok, &["--data", &p(&train), "--method", "madx-task", "--lang-adapter", &p(&lang_a), "--bottleneck", "3", "--epochs", "2", "--batch", "8", "--lr", "1e-2", "--out", &p(&task)]);
+    assert!(o.status.success(), "train madx-task: {}", stderr(&o));
+    let eval = |lang: Option<&Path>| {
+        let mut rest = vec!["--delta".to_owned(), p(&task), "--data".into(), p(&test), "--json".into()];
+        if let Some(l) = lang {
+            rest.extend(["--lang-adapter".into(), p(l)]);
+        }
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let o = run_cli("eval", &tok, &rest);
+        assert!(o.status.success(), "eval madx-task: {}", stderr(&o));
+        serde_json::from_str::<serde_json::Value>(stdout(&o).trim()).expect("one JSON object")
+    };
+    let (own, a, b) = (eval(None), eval(Some(&lang_a)), eval(Some(&lang_b)));
+    assert_eq!(own, a, "the task delta carries the adapter it was trained with");
+    assert_ne!(a["loss"], b["loss"], "another language adapter computes something else: {a} vs {b}");
+    assert!(b["loss"].as_f64().expect("loss").is_finite() && b["rows"] == 12, "{b}");
+
+    // Mismatched flags are usage errors, not panics.
+    let o = run_cli("train", &tok, &["--data", &p(&train), "--task", "mlm", "--method", "lora", "--out", &p(&task)]);
+    assert_fails_with(&o, "--method madx-lang");
+    let o = run_cli("train", &tok, &["--data", &p(&train), "--method", "madx-task", "--out", &p(&task)]);
+    assert_fails_with(&o, "--lang-adapter");
+    let o = run_cli("eval", &tok, &["--delta", &p(&lang_a), "--data", &p(&test), "--lang-adapter", &p(&lang_b)]);
+    assert_fails_with(&o, "only a MAD-X task delta takes a language adapter");
+}
+
 #[test]
 fn compare_prints_one_row_per_method_with_every_column() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -647,7 +703,7 @@ fn compare_prints_one_row_per_method_with_every_column() {
     for a in ["--data", &train.display().to_string(), "--test", &test.display().to_string(), "--rows", "24", "--epochs", "1", "--batch", "8"] {
         args.push(a.into());
     }
-    for a in ["--methods", "full,head-only,ia3,pfeiffer-8,prefix-10", "--latency-rounds", "1", "--out", &table.display().to_string()] {
+    for a in ["--methods", "full,head-only,ia3,pfeiffer-8,prefix-10,prompt-10,madx", "--latency-rounds", "1", "--out", &table.display().to_string()] {
         args.push(a.into());
     }
     let o = kilotune(&args);
@@ -656,7 +712,8 @@ fn compare_prints_one_row_per_method_with_every_column() {
     assert_eq!(text.trim_end(), stdout(&o).trim_end());
     assert!(text.contains("| row | method | trainable % | delta bytes (f32) | accuracy | % of full FT | step s | latency vs base |"), "{text}");
     let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| row")).collect();
-    assert_eq!(rows.len(), 5, "{text}");
+    assert_eq!(rows.len(), 7, "{text}");
+    assert!(rows[5].starts_with("| prompt-10 | prompt tuning len=10 |") && rows[6].starts_with("| madx | MAD-X task adapter"), "{text}");
     // Full fine-tuning is 100% of itself; head-only trains none of the base.
     assert!(rows[0].starts_with("| full |") && rows[0].contains("| 100.0% |"), "{}", rows[0]);
     assert!(rows[1].contains("| 0.000% |"), "{}", rows[1]);

@@ -35,6 +35,8 @@ pub struct Session {
     graph: Arc<crate::graph::Graph>,
     plan: Plan,
     pool: rayon::ThreadPool,
+    /// The soft prompt's length (prompt tuning), 0 without one.
+    prompt_len: usize,
 }
 
 impl Session {
@@ -47,7 +49,7 @@ impl Session {
             .map_err(|e| Error::Config(format!("thread pool: {e}")))?;
         let graph = base.shared_graph();
         let plan = Plan::new(&graph);
-        Ok(Session { base, graph, plan, pool })
+        Ok(Session { base, graph, plan, pool, prompt_len: 0 })
     }
 
     /// A session that runs `base` with a user's `delta` (LoRA side paths, bias deltas). The
@@ -65,6 +67,7 @@ impl Session {
         let graph = crate::peft::apply::apply_delta(base.graph(), delta)?;
         let mut s = Session::new(base, config)?;
         s.plan = Plan::new(&graph);
+        s.prompt_len = crate::peft::prompt::prompt_len(&graph);
         s.graph = Arc::new(graph);
         Ok(s)
     }
@@ -97,7 +100,44 @@ impl Session {
         let g = &*self.graph;
         let feeds = self.check_inputs(inputs)?;
         let outs = self.pool.install(|| self.plan.execute(g, feeds))?;
+        let outs = self.strip_prompt(outs, inputs)?;
         Ok(Outputs(g.outputs.iter().map(|&o| g.values[o].name.clone()).zip(outs).collect()))
+    }
+
+    /// The soft prompt's length when this session's delta is prompt tuning, else 0. Such a
+    /// session widens its inputs by it and strips it from its outputs (see
+    /// [`crate::peft::prompt`]); the values [`Session::run_keep`] keeps are the widened ones.
+    pub fn prompt_len(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// The sequence length of the caller's (unwidened) inputs.
+    fn seq_len(inputs: &[(&str, Tensor)]) -> usize {
+        inputs.first().and_then(|(_, t)| t.shape().get(1).copied()).unwrap_or(0)
+    }
+
+    /// Outputs without the soft prompt's positions.
+    fn strip_prompt(&self, outs: Vec<Tensor>, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>> {
+        if self.prompt_len == 0 {
+            return Ok(outs);
+        }
+        let seq = Self::seq_len(inputs);
+        outs.iter().map(|t| crate::peft::prompt::strip(t, self.prompt_len, seq)).collect()
+    }
+
+    /// The graph's outputs among `slots` (a run that kept its values) without the soft prompt's
+    /// positions, for a loss to read; the other values stay as the graph computed them.
+    pub(crate) fn prompt_view(&self, slots: &[Option<Tensor>], inputs: &[(&str, Tensor)]) -> Result<Vec<Option<Tensor>>> {
+        let mut view = slots.to_vec();
+        if self.prompt_len > 0 {
+            let seq = Self::seq_len(inputs);
+            for &o in &self.graph.outputs {
+                if let Some(t) = &slots[o] {
+                    view[o] = Some(crate::peft::prompt::strip(t, self.prompt_len, seq)?);
+                }
+            }
+        }
+        Ok(view)
     }
 
     /// [`Session::run`], also returning the wall time spent in each op type, largest first.
@@ -106,6 +146,7 @@ impl Session {
         let feeds = self.check_inputs(inputs)?;
         let mut times = vec![std::time::Duration::ZERO; g.nodes.len()];
         let outs = self.pool.install(|| self.plan.execute_timed(g, feeds, Some(&mut times)))?;
+        let outs = self.strip_prompt(outs, inputs)?;
         let mut per_op: Vec<(String, std::time::Duration)> = Vec::new();
         for (n, t) in g.nodes.iter().zip(times) {
             match per_op.iter_mut().find(|(name, _)| name == n.op.name()) {
@@ -118,7 +159,7 @@ impl Session {
     }
 
     /// Switches this session to another delta for the same base (or to none), keeping its
-    /// thread pool and plan: the graph's structure does not change, only its parameters.
+    /// thread pool.
     pub fn set_delta(&mut self, delta: Option<&crate::delta::Delta>) -> Result<()> {
         self.graph = match delta {
             Some(d) => {
@@ -127,6 +168,12 @@ impl Session {
             }
             None => self.base.shared_graph(),
         };
+        // A delta may add nodes (MAD-X's invertible adapter): plan again, which is cheap, and
+        // keep the device that runs part of the work.
+        let offload = self.plan.offload().cloned();
+        self.plan = Plan::new(&self.graph);
+        self.plan.set_offload(offload);
+        self.prompt_len = crate::peft::prompt::prompt_len(&self.graph);
         Ok(())
     }
 
@@ -177,6 +224,15 @@ impl Session {
     }
 
     fn check_inputs(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(crate::graph::ValueId, Tensor)>> {
+        if self.prompt_len > 0 {
+            let wide = crate::peft::prompt::widen(inputs, self.prompt_len)?;
+            let named: Vec<(&str, Tensor)> = wide.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+            return self.check_named(&named);
+        }
+        self.check_named(inputs)
+    }
+
+    fn check_named(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(crate::graph::ValueId, Tensor)>> {
         let g = &*self.graph;
         let mut feeds = Vec::with_capacity(g.inputs.len());
         for (name, _) in inputs {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use kilotune::delta::{self, Precision};
 use kilotune::peft::merge::{merge, MergeOptions};
-use kilotune::peft::{AdapterActivation, AdapterConfig, AdapterPlacement, DiffPruningConfig, Ia3Config, PeftMethod, Pooling, PrefixConfig, TaskHead, TopLayersConfig};
+use kilotune::peft::{AdapterActivation, AdapterConfig, AdapterPlacement, DiffPruningConfig, Ia3Config, MadxLanguageConfig, PeftMethod, Pooling, PrefixConfig, PromptConfig, TaskHead, TopLayersConfig};
+use kilotune::train::mlm::{mask_tokens, MaskingConfig};
 use kilotune::train::evaluate::TaskSession;
 use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
 use kilotune::{Base, LoadOptions, Session, SessionConfig, Tensor};
@@ -333,5 +334,205 @@ fn merged_onnx_files_run_like_the_deltas() {
         let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         // The same folded weights, f32 rounding of the fold only.
         assert!(max <= 1e-5, "{what}: max |Δ| {max:e}");
+    }
+}
+
+fn prompt(len: u32) -> PeftMethod {
+    PeftMethod::Prompt(PromptConfig { len })
+}
+
+#[test]
+fn prompt_tuning_gradients_match_finite_differences() {
+    // Every prompt element reaches the loss through the attention of every real token.
+    let bert = load("tiny-bert.dynamo.onnx");
+    let mut t = Trainer::new(bert, prompt(3), classify(), config()).unwrap();
+    randomize(&mut t, 0.3, 13);
+    gradcheck(t, &bert_batch(5), 3, "prompt (BERT, mean pooling)");
+    let cls = TaskHead::Classification { classes: 2, pooling: Pooling::Cls };
+    let t = Trainer::new(load("tiny-bert.legacy.onnx"), prompt(2), cls, config()).unwrap();
+    gradcheck(t, &bert_batch(6), 3, "prompt (BERT legacy export, [CLS] pooling)");
+    let llama = load("tiny-llama.dynamo.onnx");
+    let mut t = Trainer::new(llama, prompt(2), TaskHead::CausalLm, config()).unwrap();
+    randomize(&mut t, 0.3, 14);
+    gradcheck(t, &llama_batch(6), 3, "prompt (Llama)");
+}
+
+#[test]
+fn a_soft_prompt_changes_the_outputs_but_not_their_shape() {
+    let base = load("tiny-bert.dynamo.onnx");
+    let batch = bert_batch(2);
+    let feed: Vec<(&str, Tensor)> = batch.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let plain = Session::new(base.clone(), SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap();
+    let d = Trainer::new(base.clone(), prompt(4), classify(), config()).unwrap().delta();
+    assert_eq!(d.tensor("prompt.embeddings").unwrap().shape, [4, 32]);
+    let s = Session::with_delta(base, &d, SessionConfig { threads: 1 }).unwrap();
+    assert_eq!(s.prompt_len(), 4);
+    let with = s.run(&feed).unwrap();
+    let (a, b) = (plain.get("last_hidden_state").unwrap(), with.get("last_hidden_state").unwrap());
+    assert_eq!(a.shape(), b.shape(), "the prompt's positions are cut from the output");
+    let max = a.to_f32_vec().iter().zip(b.to_f32_vec()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(max > 1e-3, "every real token attends to the prompt: max |Δ| {max:e}");
+}
+
+#[test]
+fn prompt_deltas_round_trip_and_have_no_merge() {
+    let dir = std::env::temp_dir().join(format!("kt-peft-prompt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (base, task, batch) in [(load("tiny-bert.dynamo.onnx"), classify(), bert_batch(7)), (load("tiny-llama.dynamo.onnx"), TaskHead::CausalLm, llama_batch(8))] {
+        let mut t = Trainer::new(base.clone(), prompt(3), task, config()).unwrap();
+        let first = t.step(&batch).unwrap().loss;
+        for _ in 0..4 {
+            t.step(&batch).unwrap();
+        }
+        let trained = t.evaluate(std::slice::from_ref(&batch)).unwrap();
+        assert!(trained.loss < first, "loss {first} → {}", trained.loss);
+        let path = dir.join("prompt.ktd");
+        delta::save(&t.delta(), &path, Precision::F32).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+        let loaded = delta::load(&path, Some(&base.fingerprint()), &Default::default()).unwrap();
+        assert_eq!(loaded.method, prompt(3));
+        let session = TaskSession::new(base.clone(), &loaded, SessionConfig { threads: 1 }).unwrap();
+        assert_eq!(session.evaluate(std::slice::from_ref(&batch)).unwrap(), trained);
+        assert!(matches!(merge(&base, &loaded, &MergeOptions::default()), Err(kilotune::Error::Config(_))));
+    }
+}
+
+/// A masked-LM batch from `bert_batch(seed)`'s texts: BERT's masking at 30% (so that every
+/// row has masked tokens), `[MASK]` = 2.
+fn mlm_batch(seed: u64) -> Batch {
+    let b = bert_batch(seed);
+    let ids = b.inputs[0].1.to_i64_vec("ids").unwrap();
+    let mask = b.inputs[1].1.to_i64_vec("mask").unwrap();
+    let c = MaskingConfig { probability: 0.3, mask_id: 2, special_ids: vec![], vocab: 128 };
+    let (masked, labels) = mask_tokens(&ids, &mask, &c, seed).unwrap();
+    let mut inputs = b.inputs.clone();
+    inputs[0].1 = Tensor::new(&[3, 6], masked).unwrap();
+    Batch::masked_lm(inputs, labels)
+}
+
+fn madx_language(activation: AdapterActivation) -> PeftMethod {
+    PeftMethod::MadxLanguage(MadxLanguageConfig { bottleneck: 4, invertible_bottleneck: 3, activation })
+}
+
+/// A language adapter trained for `steps` steps on masked batches of `seed`'s texts.
+fn trained_language(base: &Arc<Base>, seed: u64, steps: usize) -> kilotune::delta::Delta {
+    let mut t = Trainer::new(base.clone(), madx_language(AdapterActivation::Gelu), TaskHead::MaskedLm, config()).unwrap();
+    for s in 0..steps {
+        t.step(&mlm_batch(seed + 100 * s as u64)).unwrap();
+    }
+    t.delta()
+}
+
+#[test]
+fn madx_language_adapter_gradients_match_finite_differences() {
+    // Through the tied output embedding, the invertible adapter's inverse and forward (its
+    // parameters get both shares), the language adapters and the output bias. GELU: central
+    // differences across ReLU's kink would be off by its jump.
+    let base = load("tiny-bert.dynamo.onnx");
+    let mut t = Trainer::new(base, madx_language(AdapterActivation::Gelu), TaskHead::MaskedLm, config()).unwrap();
+    randomize(&mut t, 0.3, 15);
+    assert!(t.parameter_names().iter().any(|n| n == "invertible.g.up") && t.parameter_names().iter().any(|n| n == "mlm.bias"));
+    gradcheck(t, &mlm_batch(5), 2, "MAD-X language adapter");
+}
+
+#[test]
+fn madx_task_adapter_gradients_match_finite_differences() {
+    let base = load("tiny-bert.dynamo.onnx");
+    let lang = trained_language(&base, 1, 3);
+    let mut t = Trainer::madx_task(base, &lang, 3, classify(), config()).unwrap();
+    // Only the task adapters (and the head) train: the language adapter is frozen.
+    assert!(t.parameter_names().iter().all(|n| n.contains(".adapter.") && !n.contains("lang_adapter")), "{:?}", t.parameter_names());
+    randomize(&mut t, 0.3, 16);
+    gradcheck(t, &bert_batch(5), 2, "MAD-X task adapter");
+}
+
+#[test]
+fn a_fresh_madx_language_adapter_leaves_the_base_unchanged() {
+    // Zero up-projections: the adapters and the coupling's F and G are exactly 0.
+    let base = load("tiny-bert.dynamo.onnx");
+    let batch = bert_batch(2);
+    let feed: Vec<(&str, Tensor)> = batch.inputs.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let plain = Session::new(base.clone(), SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap();
+    let d = Trainer::new(base.clone(), madx_language(AdapterActivation::Relu), TaskHead::MaskedLm, config()).unwrap().delta();
+    let s = Session::with_delta(base, &d, SessionConfig { threads: 1 }).unwrap();
+    assert!(s.graph().nodes.iter().any(|n| matches!(n.op, kilotune::ops::Op::Invertible(_))));
+    let out = s.run(&feed).unwrap();
+    assert_eq!(plain.get("last_hidden_state").unwrap().to_f32_vec(), out.get("last_hidden_state").unwrap().to_f32_vec());
+}
+
+#[test]
+fn madx_deltas_round_trip_and_the_language_adapter_swaps() {
+    let dir = std::env::temp_dir().join(format!("kt-peft-madx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = load("tiny-bert.dynamo.onnx");
+    let fp = base.fingerprint();
+    let reload = |d: &kilotune::delta::Delta, name: &str| {
+        let path = dir.join(name);
+        delta::save(d, &path, Precision::F32).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2, "{name}");
+        delta::load(&path, Some(&fp), &Default::default()).unwrap()
+    };
+    // Language A: masked LM on one set of texts; its loss falls and the file evaluates alike.
+    let mlm = mlm_batch(21);
+    let mut t = Trainer::new(base.clone(), madx_language(AdapterActivation::Relu), TaskHead::MaskedLm, config()).unwrap();
+    let first = t.step(&mlm).unwrap().loss;
+    for _ in 0..5 {
+        t.step(&mlm).unwrap();
+    }
+    let trained = t.evaluate(std::slice::from_ref(&mlm)).unwrap();
+    assert!(trained.loss < first, "masked-LM loss {first} → {}", trained.loss);
+    assert!(trained.perplexity.is_some() && trained.tokens.unwrap() > 0);
+    let lang_a = reload(&t.delta(), "lang-a.ktd");
+    assert!(lang_a.tensor("mlm.bias").is_some());
+    let session = TaskSession::new(base.clone(), &lang_a, SessionConfig { threads: 1 }).unwrap();
+    assert_eq!(session.evaluate(std::slice::from_ref(&mlm)).unwrap(), trained);
+    // Language B: other texts.
+    let lang_b = reload(&trained_language(&base, 40, 6), "lang-b.ktd");
+    // The task adapter trains on A's adapter; its file holds A's adapter and no MLM bias.
+    let batch = bert_batch(7);
+    let mut t = Trainer::madx_task(base.clone(), &lang_a, 3, classify(), config()).unwrap();
+    let first = t.step(&batch).unwrap().loss;
+    for _ in 0..4 {
+        t.step(&batch).unwrap();
+    }
+    let trained = t.evaluate(std::slice::from_ref(&batch)).unwrap();
+    assert!(trained.loss < first, "task loss {first} → {}", trained.loss);
+    let task = reload(&t.delta(), "task.ktd");
+    assert!(task.tensor("mlm.bias").is_none() && task.tensor("invertible.f.down") == lang_a.tensor("invertible.f.down"));
+    let with_a = TaskSession::new(base.clone(), &task, SessionConfig { threads: 1 }).unwrap().evaluate(std::slice::from_ref(&batch)).unwrap();
+    assert_eq!(with_a, trained);
+    // Swapped to B: it runs, and the language adapter changes what it computes.
+    let swapped = kilotune::peft::madx::with_language(&task, &lang_b).unwrap();
+    assert_eq!(swapped.tensor("invertible.f.down"), lang_b.tensor("invertible.f.down"));
+    let ts = TaskSession::new(base.clone(), &swapped, SessionConfig { threads: 1 }).unwrap();
+    let with_b = ts.evaluate(std::slice::from_ref(&batch)).unwrap();
+    assert!(with_b.loss.is_finite() && with_b.loss != with_a.loss, "A {} vs B {}", with_a.loss, with_b.loss);
+    let (oa, ob) = (TaskSession::new(base.clone(), &task, SessionConfig { threads: 1 }).unwrap().outputs(&batch).unwrap(), ts.outputs(&batch).unwrap());
+    assert!(oa.iter().zip(&ob).any(|(a, b)| (a - b).abs() > 1e-4), "{oa:?} vs {ob:?}");
+    // Swapping in something that is not a language adapter is a typed error.
+    assert!(matches!(kilotune::peft::madx::with_language(&task, &task), Err(kilotune::Error::Config(_))));
+    assert!(matches!(Trainer::new(base.clone(), PeftMethod::MadxTask(Default::default()), classify(), config()), Err(kilotune::Error::Config(_))));
+    assert!(matches!(merge(&base, &task, &MergeOptions::default()), Err(kilotune::Error::Config(_))));
+}
+
+#[test]
+fn prompt_and_madx_gradients_are_the_same_with_checkpointing() {
+    // With a memory budget the first step always checkpoints (it has not measured a plain
+    // step yet): the widened prompt inputs and the masked-LM seed must come through the
+    // recomputed pieces unchanged, bit for bit.
+    let bert = load("tiny-bert.dynamo.onnx");
+    let checkpointed = || TrainConfig { memory_budget: Some(1), ..config() };
+    for (what, m, task, batch) in [
+        ("prompt", prompt(3), classify(), bert_batch(5)),
+        ("madx-lang", madx_language(AdapterActivation::Gelu), TaskHead::MaskedLm, mlm_batch(5)),
+    ] {
+        let mut plain = Trainer::new(bert.clone(), m.clone(), task.clone(), config()).unwrap();
+        let mut ck = Trainer::new(bert.clone(), m, task, checkpointed()).unwrap();
+        randomize(&mut plain, 0.3, 17);
+        randomize(&mut ck, 0.3, 17);
+        let (a, b) = (plain.gradients(&batch).unwrap(), ck.gradients(&batch).unwrap());
+        assert_eq!(a, b, "{what}");
     }
 }

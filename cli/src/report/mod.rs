@@ -112,6 +112,21 @@ impl RunConfig {
                 "prefix tuning, {} tokens (MLP {})",
                 args.methods.prefix_len, args.methods.prefix_mlp
             ),
+            Method::Prompt => format!("prompt tuning, {} tokens", args.methods.prompt_len),
+            Method::MadxLang => format!(
+                "MAD-X language adapter m={}, invertible adapter m={} {:?}",
+                args.methods.bottleneck,
+                args.methods.invertible_bottleneck,
+                args.methods.adapter_activation
+            ),
+            Method::MadxTask => format!(
+                "MAD-X task adapter m={} on {}",
+                args.methods.bottleneck,
+                args.methods
+                    .lang_adapter
+                    .as_ref()
+                    .map_or("?".into(), |p| p.display().to_string())
+            ),
         };
         RunConfig {
             model: args.model.model.display().to_string(),
@@ -121,6 +136,7 @@ impl RunConfig {
                 Task::Classify => "classify",
                 Task::Regress => "regress",
                 Task::CausalLm => "causal-lm",
+                Task::Mlm => "mlm",
             },
             method,
             lr: args.lr,

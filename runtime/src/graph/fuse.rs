@@ -609,7 +609,7 @@ pub fn fuse_embedding(g: &mut Graph) {
         }
         let (Some(table), Some(ids)) = (v.input(n, 0), v.input(n, 1)) else { continue };
         let Some(t) = v.constant(table).filter(|t| t.rank() == 2) else { continue };
-        let node = |dequant, out| Node { name: n.name.clone(), op: Op::Embedding { dequant }, inputs: vec![Some(table), Some(ids)], outputs: vec![out] };
+        let node = |dequant, out| Node { name: n.name.clone(), op: Op::Embedding { dequant, prompt: None }, inputs: vec![Some(table), Some(ids)], outputs: vec![out] };
         match t.dtype() {
             DType::F32 => {
                 patch.replace(i, node(None, n.outputs[0]));

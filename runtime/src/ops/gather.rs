@@ -84,6 +84,23 @@ pub fn embedding(table: &Tensor, ids: &Tensor, dequant: Option<(f32, i64)>) -> R
     Ok(Tensor::from_parts(shape, out))
 }
 
+/// Prompt tuning: `x` (`[batch, seq, dim]`, looked-up embeddings) with the first `len` rows of
+/// every sequence replaced by `prompt` (`[len × dim]`). The session put `len` placeholder ids
+/// there (see [`crate::peft::prompt`]).
+pub fn overwrite_prompt(x: &Tensor, prompt: &[f32]) -> Result<Tensor> {
+    let [b, s, d] = *x.shape() else {
+        return Err(shape_err(format!("a soft prompt needs [batch, seq, dim] embeddings, got {:?}", x.shape())));
+    };
+    if d == 0 || !prompt.len().is_multiple_of(d) || prompt.len() / d > s {
+        return Err(shape_err(format!("a soft prompt of {} values does not fit [{b}, {s}, {d}] embeddings", prompt.len())));
+    }
+    let mut v = x.typed::<f32>("Embedding output")?.to_vec();
+    for row in v.chunks_exact_mut(s * d) {
+        row[..prompt.len()].copy_from_slice(prompt);
+    }
+    Tensor::new(x.shape(), v)
+}
+
 fn gather_nd_typed<T: Element>(x: &[T], shape: &[usize], idx: &[i64], r: usize, out: Shape) -> Result<Tensor> {
     let inner: usize = shape[r..].iter().product();
     let mut v = Vec::with_capacity(numel(&out));

@@ -117,6 +117,9 @@ impl Linear {
                 if let Some(a) = &p.adapter {
                     a.forward_in_place(&mut out, self.n);
                 }
+                if let Some(a) = &p.stacked {
+                    a.forward_in_place(&mut out, self.n);
+                }
                 out
             }
         };

@@ -7,7 +7,8 @@
 //! x' = x ⊙ s_in                      (IA)3 on the input (the FFN's down projection)
 //! y0 = x'·W + b (+ LoRA(x'))         the frozen layer
 //! y1 = y0 ⊙ s_out                    (IA)3 on the output (keys, values)
-//! y  = y1 + f(y1·Dᵀ + d)·Uᵀ + u      bottleneck adapter (Houlsby / Pfeiffer)
+//! y  = y1 + f(y1·Dᵀ + d)·Uᵀ + u      bottleneck adapter (Houlsby / Pfeiffer; MAD-X's language adapter)
+//! y' = y + f'(y·D'ᵀ + d')·U'ᵀ + u'   a stacked adapter (MAD-X's task adapter)
 //! ```
 //!
 //! The backward rules are in `train::backward::patch`; they recompute `y0` and `y1` from `x`
@@ -67,6 +68,20 @@ impl BottleneckAdapter {
         z
     }
 
+    /// The branch alone, `f(y·Dᵀ + d)·Uᵀ + u`, for `y` of rows of `n` (MAD-X's coupling
+    /// functions, see [`super::invertible`]).
+    pub fn branch(&self, y: &[f32], n: usize) -> Vec<f32> {
+        let rows = y.len() / n.max(1);
+        let mut a = self.pre_activation(y, n);
+        self.activation.apply(&mut a);
+        let mut out = Vec::with_capacity(rows * n);
+        for _ in 0..rows {
+            out.extend_from_slice(&self.up_bias);
+        }
+        matmul_f32_bt(&a, &self.up, &mut out, rows, self.m, n, true);
+        out
+    }
+
     /// `y += f(y·Dᵀ + d)·Uᵀ + u`, in place, for `y` of rows of `n`.
     pub fn forward_in_place(&self, y: &mut [f32], n: usize) {
         let rows = y.len() / n.max(1);
@@ -88,6 +103,9 @@ pub struct LinearPatch {
     pub scale_out: Option<Vec<f32>>,
     /// A bottleneck adapter on the output.
     pub adapter: Option<BottleneckAdapter>,
+    /// A second adapter on top of the first: MAD-X's task adapter over its language adapter
+    /// (`y ← A_task(A_lang(y))`, each with its own residual).
+    pub stacked: Option<BottleneckAdapter>,
 }
 
 /// Multiplies every row of `x` (rows of `row.len()`) by `row`, elementwise, in place.

@@ -7,6 +7,7 @@ pub mod attention_prefix;
 pub mod broadcast;
 pub mod elementwise;
 pub mod gather;
+pub mod invertible;
 pub mod linear;
 pub mod linear_patch;
 pub mod matmul;
@@ -155,7 +156,12 @@ pub enum Op {
         /// `(scale, zero point)` when the table is stored quantized (ONNX Runtime's
         /// `Gather` → `DequantizeLinear`).
         dequant: Option<(f32, i64)>,
+        /// Prompt tuning's soft prompt, `[len × dim]`: it replaces the first `len` looked-up
+        /// rows of every sequence (see [`crate::peft::prompt`]).
+        prompt: Option<std::sync::Arc<Vec<f32>>>,
     },
+    /// MAD-X's invertible adapter on the embedding output (inserted by a delta).
+    Invertible(std::sync::Arc<invertible::InvertibleAdapter>),
 }
 
 impl Op {
@@ -200,6 +206,7 @@ impl Op {
             }
             Op::Attention(_) => "Attention",
             Op::Embedding { .. } => "Embedding",
+            Op::Invertible(_) => "InvertibleAdapter",
             Op::Rotary => "Rotary",
             Op::Constant(_) => "Constant",
             Op::SymShape { .. } => "SymShape",
@@ -276,7 +283,14 @@ impl Op {
                 one(quant::dequantize_linear(cx.req(0)?, cx.req(1)?, cx.opt(2), *axis).map_err(|e| cx.wrap(e))?)
             }
             Op::Linear(l) => one(l.forward(cx.req(0)?).map_err(|e| cx.wrap(e))?),
-            Op::Embedding { dequant } => one(gather::embedding(cx.req(0)?, cx.req(1)?, *dequant).map_err(|e| cx.wrap(e))?),
+            Op::Embedding { dequant, prompt } => {
+                let mut out = gather::embedding(cx.req(0)?, cx.req(1)?, *dequant).map_err(|e| cx.wrap(e))?;
+                if let Some(p) = prompt {
+                    out = gather::overwrite_prompt(&out, p).map_err(|e| cx.wrap(e))?;
+                }
+                one(out)
+            }
+            Op::Invertible(a) => one(a.forward(cx.req(0)?).map_err(|e| cx.wrap(e))?),
             Op::Constant(t) => one(t.clone()),
             Op::SymShape { dims, scalar, int32 } => {
                 let mut v = Vec::with_capacity(dims.len());

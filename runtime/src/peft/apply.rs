@@ -11,7 +11,7 @@
 //! fine-tuning), `<module>.ia3_in` `[k]` / `.ia3_out` `[n]` scale its input / output ((IA)3),
 //! `<module>.adapter.{down, down_bias, up, up_bias}` add a bottleneck adapter after it, and
 //! `prefix.<i>.key` / `.value` `[len, kv_heads·head_dim]` give the i-th `Attention` node a
-//! prefix.
+//! prefix, and `prompt.embeddings` `[len, hidden]` gives the word-embedding lookup a soft prompt.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +81,8 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
         }
     }
     patch_attention(&mut g, &values, &mut |name| mark(&mut used, name))?;
+    patch_prompt(&mut g, &values, &mut |name| mark(&mut used, name))?;
+    patch_invertible(&mut g, &values, &delta.method, &mut |name| mark(&mut used, name))?;
     // Deltas on other named constants (LayerNorm biases, ...), unless a Linear took the name.
     for val in &mut g.values {
         let Some(c) = &val.constant else { continue };
@@ -97,9 +99,10 @@ pub fn apply_delta(graph: &Graph, delta: &Delta) -> Result<Graph> {
             mark(&mut used, &val.name);
         }
     }
-    // The task head's tensors live in the delta too but act after the base.
+    // The task head's tensors (and a masked-LM output bias) live in the delta too but act
+    // after the base.
     for (i, t) in delta.tensors.iter().enumerate() {
-        if t.name.starts_with(HEAD_PREFIX) {
+        if t.name.starts_with(HEAD_PREFIX) || t.name == crate::peft::madx::MLM_BIAS {
             used[i] = true;
         }
     }
@@ -165,9 +168,25 @@ fn patch_linear(l: &mut Linear, values: &Values<'_>, method: &PeftMethod, take: 
         patch.scale_out = Some(s);
         take(&name);
     }
+    let activation = match method {
+        PeftMethod::Adapter(c) => Some(c.activation),
+        PeftMethod::MadxLanguage(c) => Some(c.activation),
+        PeftMethod::MadxTask(c) => Some(c.language.activation),
+        _ => None,
+    };
+    // MAD-X's language adapter comes first; a task adapter stacks on it.
+    let lang = crate::peft::madx::PARTS.map(|p| format!("{}.{}.{p}", l.module, crate::peft::madx::LANG_ADAPTER));
+    if lang.iter().any(|n| values.contains_key(n.as_str())) {
+        let act = match method {
+            PeftMethod::MadxLanguage(_) | PeftMethod::MadxTask(_) => activation.unwrap_or_default(),
+            _ => return Err(bad(&lang[0], "a language adapter in a delta whose method is not MAD-X")),
+        };
+        patch.adapter = crate::peft::madx::bottleneck(&lang, l.n, act, |n| values.get(n).map(|(v, sh)| (v.as_slice(), *sh)))?;
+        lang.iter().for_each(|n| take(n));
+    }
     let down_name = format!("{}.adapter.down", l.module);
     if let Some((_, sh)) = values.get(down_name.as_str()) {
-        let PeftMethod::Adapter(cfg) = method else {
+        let (PeftMethod::Adapter(_) | PeftMethod::MadxTask(_), Some(activation)) = (method, activation) else {
             return Err(bad(&down_name, "adapter tensors in a delta whose method is not an adapter"));
         };
         let m = *sh.first().ok_or_else(|| bad(&down_name, "scalar"))? as usize;
@@ -178,12 +197,66 @@ fn patch_linear(l: &mut Linear, values: &Values<'_>, method: &PeftMethod, take: 
         for n in [&down.0, &down_bias.0, &up.0, &up_bias.0] {
             take(n);
         }
-        patch.adapter = Some(BottleneckAdapter { m, down: down.1, down_bias: down_bias.1, up: up.1, up_bias: up_bias.1, activation: cfg.activation });
+        let a = BottleneckAdapter { m, down: down.1, down_bias: down_bias.1, up: up.1, up_bias: up_bias.1, activation };
+        if patch.adapter.is_some() {
+            patch.stacked = Some(a);
+        } else {
+            patch.adapter = Some(a);
+        }
     }
     if patch != LinearPatch::default() {
         l.patch = Some(Arc::new(patch));
     }
     Ok(())
+}
+
+/// Gives the word-embedding lookup the delta's soft prompt, if any.
+fn patch_prompt(g: &mut Graph, values: &Values<'_>, take: &mut dyn FnMut(&str)) -> Result<()> {
+    let name = crate::peft::prompt::TENSOR_NAME;
+    let Some((p, sh)) = values.get(name) else { return Ok(()) };
+    let at = crate::peft::prompt::word_embedding(g).ok_or_else(|| bad(name, "this base has no word-embedding lookup of `input_ids` to prepend a prompt to"))?;
+    let dim = g.input_constant(&g.nodes[at], 0).and_then(|t| t.shape().get(1).copied()).unwrap_or(0);
+    if sh.len() != 2 || sh[0] == 0 || sh[1] as usize != dim {
+        return Err(bad(name, format!("shape {sh:?}, expected [len, {dim}]")));
+    }
+    if let Op::Embedding { prompt, .. } = &mut g.nodes[at].op {
+        *prompt = Some(Arc::new(p.clone()));
+    }
+    take(name);
+    Ok(())
+}
+
+/// Inserts the delta's invertible adapter (MAD-X) after the embedding output, if it has one.
+fn patch_invertible(g: &mut Graph, values: &Values<'_>, method: &PeftMethod, take: &mut dyn FnMut(&str)) -> Result<()> {
+    let (f, gn) = (crate::peft::madx::invertible_names('f'), crate::peft::madx::invertible_names('g'));
+    if !f.iter().chain(&gn).any(|n| values.contains_key(n.as_str())) {
+        return Ok(());
+    }
+    let activation = match method {
+        PeftMethod::MadxLanguage(c) => c.activation,
+        PeftMethod::MadxTask(c) => c.language.activation,
+        _ => return Err(bad(&f[0], "an invertible adapter in a delta whose method is not MAD-X")),
+    };
+    let half = values.get(f[0].as_str()).and_then(|(_, sh)| sh.get(1).copied()).unwrap_or(0) as usize;
+    let width = crate::peft::madx::embedding_output(g).and_then(|at| embedding_width(g, at)).unwrap_or(0);
+    if half == 0 || width != 2 * half {
+        return Err(bad(&f[0], format!("an invertible adapter over 2×{half} features does not fit this base's {width}-feature embeddings")));
+    }
+    let get = |n: &str| values.get(n).map(|(v, sh)| (v.as_slice(), *sh));
+    let (Some(fa), Some(ga)) = (crate::peft::madx::bottleneck(&f, half, activation, get)?, crate::peft::madx::bottleneck(&gn, half, activation, get)?) else {
+        return Err(bad(&f[0], "an invertible adapter needs both F and G"));
+    };
+    crate::peft::madx::insert_invertible(g, crate::ops::invertible::InvertibleAdapter { half, f: fa, g: ga })?;
+    f.iter().chain(&gn).for_each(|n| take(n));
+    Ok(())
+}
+
+/// The feature width of the embedding output made by node `at`: the word-embedding table's
+/// width (the embedding norm keeps it).
+fn embedding_width(g: &Graph, at: usize) -> Option<usize> {
+    let word = crate::peft::prompt::word_embedding(g)?;
+    debug_assert!(at >= word);
+    g.input_constant(&g.nodes[word], 0).and_then(|t| t.shape().get(1).copied())
 }
 
 /// Gives each `Attention` node the prefix its delta holds, if any.

@@ -12,6 +12,8 @@ pub use super::adapter::AdapterConfig;
 pub use super::diff_pruning::DiffPruningConfig;
 pub use super::ia3::Ia3Config;
 pub use super::prefix::PrefixConfig;
+pub use super::prompt::PromptConfig;
+pub use super::madx::{MadxLanguageConfig, MadxTaskConfig};
 pub use super::top_layers::TopLayersConfig;
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -173,6 +175,9 @@ pub enum TaskHead {
         /// The number of outputs, at least 1.
         outputs: u32,
     },
+    /// Masked-language modelling through the tied word embeddings (MAD-X language adapters):
+    /// the delta's `mlm.bias` is the output bias.
+    MaskedLm,
 }
 
 impl Default for TaskHead {
@@ -214,6 +219,13 @@ pub enum PeftMethod {
     Prefix(PrefixConfig),
     /// Diff pruning: a sparse additive δ on the weights.
     DiffPruning(DiffPruningConfig),
+    /// Prompt tuning: trainable embeddings in front of the input.
+    Prompt(PromptConfig),
+    /// MAD-X language (or domain) adapter and invertible adapter, trained by masked-language
+    /// modelling.
+    MadxLanguage(MadxLanguageConfig),
+    /// MAD-X task adapter, stacked on a frozen language adapter.
+    MadxTask(MadxTaskConfig),
 }
 
 impl Default for PeftMethod {
@@ -234,6 +246,9 @@ impl PeftMethod {
             PeftMethod::Adapter(c) => c.validate(),
             PeftMethod::Prefix(c) => c.validate(),
             PeftMethod::DiffPruning(c) => c.validate(),
+            PeftMethod::Prompt(c) => c.validate(),
+            PeftMethod::MadxLanguage(c) => c.validate(),
+            PeftMethod::MadxTask(c) => c.validate(),
         }
     }
 
@@ -255,6 +270,9 @@ impl PeftMethod {
             PeftMethod::Adapter(c) => format!("{:?} adapter m={} {:?}", c.placement, c.bottleneck, c.activation),
             PeftMethod::Prefix(c) => format!("prefix tuning len={} (MLP {})", c.len, c.mlp_hidden),
             PeftMethod::DiffPruning(c) => format!("diff pruning density={}", c.density),
+            PeftMethod::Prompt(c) => format!("prompt tuning len={}", c.len),
+            PeftMethod::MadxLanguage(c) => format!("MAD-X language adapter m={} invertible m={} {:?}", c.bottleneck, c.invertible_bottleneck, c.activation),
+            PeftMethod::MadxTask(c) => format!("MAD-X task adapter m={} on language adapter m={}", c.bottleneck, c.language.bottleneck),
         }
     }
 }

@@ -221,7 +221,7 @@ pub fn lora_update_kn(lora: &LoraPatch, k: usize, n: usize) -> Vec<f32> {
 pub fn merge_graph(graph: &Graph, delta: &Delta, options: &MergeOptions) -> Result<(Graph, MergeReport)> {
     // The session's patch (side paths, bias and constant deltas, with all its checks), then
     // fold the side paths in.
-    if matches!(delta.method, PeftMethod::Adapter(_) | PeftMethod::Prefix(_)) {
+    if matches!(delta.method, PeftMethod::Adapter(_) | PeftMethod::Prefix(_) | PeftMethod::Prompt(_) | PeftMethod::MadxLanguage(_) | PeftMethod::MadxTask(_)) {
         return Err(crate::Error::Config(format!("a {} delta adds layers or keys to the model and has no merge: run it as a delta", delta.method.describe())));
     }
     let mut g = apply_delta(graph, delta)?;

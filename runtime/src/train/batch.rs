@@ -11,6 +11,9 @@ pub enum Targets {
     Values(Vec<f32>),
     /// Each row's own next tokens, read from its `input_ids` (causal LM).
     NextTokens,
+    /// The original token at each masked position (masked LM), `[rows × seq]` flat, with
+    /// [`super::mlm::NOT_MASKED`] where nothing is predicted.
+    Masked(Vec<i64>),
 }
 
 /// One batch: the model's named inputs (`[batch, seq]` each, `attention_mask` among them where
@@ -50,6 +53,12 @@ impl Batch {
     /// A causal-LM batch: the targets are the rows' own next tokens.
     pub fn causal_lm(inputs: Vec<(String, Tensor)>) -> Batch {
         Batch { inputs, targets: Targets::NextTokens }
+    }
+
+    /// A masked-LM batch: `inputs` hold the masked ids, `labels` the originals (see
+    /// [`super::mlm::mask_tokens`]).
+    pub fn masked_lm(inputs: Vec<(String, Tensor)>, labels: Vec<i64>) -> Batch {
+        Batch { inputs, targets: Targets::Masked(labels) }
     }
 
     /// Rows: the first dim of the first input (0 without inputs).

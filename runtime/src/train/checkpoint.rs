@@ -106,6 +106,20 @@ pub fn forward_backward<R>(
     if let Some(o) = offload {
         o.release_unused();
     }
+    // A soft prompt's positions are cut from the outputs the loss reads, and its seeds padded
+    // back to the graph's length.
+    let prompt = session.prompt_len();
+    let rows = inputs.first().and_then(|(_, x)| x.shape().first().copied()).unwrap_or(0);
+    let seq = inputs.first().and_then(|(_, x)| x.shape().get(1).copied()).unwrap_or(0);
+    let loss = move |slots: &[Option<Tensor>]| -> Result<LossSeed<R>> {
+        let mut s = if prompt > 0 { loss(&session.prompt_view(slots, inputs)?)? } else { loss(slots)? };
+        if prompt > 0 {
+            for (_, d) in &mut s.seed {
+                *d = crate::peft::prompt::pad_grad(d, rows, prompt, seq);
+            }
+        }
+        Ok(s)
+    };
     let Some(p) = checkpoint else {
         let slots = session.run_saving(inputs, &saved)?;
         let peak = kept_bytes(&slots);

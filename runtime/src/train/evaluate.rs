@@ -27,9 +27,10 @@ pub struct Evaluation {
     pub rows: usize,
     /// Classification: the fraction of rows whose highest logit is their label.
     pub accuracy: Option<f32>,
-    /// Causal LM: `exp(loss)`, the perplexity over the predicted tokens.
+    /// Causal or masked LM: `exp(loss)`, the perplexity over the predicted tokens.
     pub perplexity: Option<f32>,
-    /// Causal LM: the positions predicted (those whose token and next token are unmasked).
+    /// Causal LM: the positions predicted (those whose token and next token are unmasked);
+    /// masked LM: the masked positions.
     pub tokens: Option<usize>,
     /// Regression: the mean squared error over rows and outputs (the loss itself).
     pub mse: Option<f32>,
@@ -41,6 +42,7 @@ fn task_name(task: &TaskHead) -> &'static str {
         TaskHead::Classification { .. } => "classification",
         TaskHead::Regression { .. } => "regression",
         TaskHead::CausalLm => "causal-LM",
+        TaskHead::MaskedLm => "masked-LM",
     }
 }
 
@@ -49,6 +51,7 @@ fn wrong_batch(task: &TaskHead, batch: &Batch) -> Error {
         Targets::Classes(_) => "classification",
         Targets::Values(_) => "regression",
         Targets::NextTokens => "causal-LM",
+        Targets::Masked(_) => "masked-LM",
     };
     Error::BadInput { name: "batch".into(), reason: format!("a {kind} batch for a {} head", task_name(task)) }
 }
@@ -66,6 +69,7 @@ pub(crate) fn task_outputs(session: &Session, task: &TaskHead, head: Option<&Poo
     let out = session.run(&named)?;
     let first = out.0.into_iter().next().map(|(_, t)| t).ok_or_else(|| Error::InvalidModel("no output".into()))?;
     match task {
+        TaskHead::MaskedLm => Err(Error::Config("a masked-LM delta (a MAD-X language adapter) scores masked tokens; it has no per-row outputs: evaluate it, or use it under a task adapter".into())),
         TaskHead::CausalLm => {
             let (ids, _, _) = ids_and_mask(&named)?;
             check_logits(&first, &ids, rows)?;
@@ -87,7 +91,7 @@ struct Totals {
 }
 
 /// Evaluates `batches` with the task's head on `session`, without training.
-pub(crate) fn evaluate_task(session: &Session, task: &TaskHead, head: Option<&PooledHead>, batches: &[Batch]) -> Result<Evaluation> {
+pub(crate) fn evaluate_task(session: &Session, task: &TaskHead, head: Option<&PooledHead>, mlm_bias: Option<&[f32]>, batches: &[Batch]) -> Result<Evaluation> {
     let mut t = Totals::default();
     for b in batches {
         let rows = batch_rows(&b.named())?;
@@ -120,6 +124,12 @@ pub(crate) fn evaluate_task(session: &Session, task: &TaskHead, head: Option<&Po
                 t.loss += nll;
                 t.count += n;
             }
+            (TaskHead::MaskedLm, Targets::Masked(labels)) => {
+                let bias = mlm_bias.ok_or_else(|| Error::Config(format!("a masked-LM task needs the `{}` tensor", crate::peft::madx::MLM_BIAS)))?;
+                let (loss, n) = super::mlm::evaluate(session, &b.named(), labels, bias)?;
+                t.loss += f64::from(loss) * n as f64;
+                t.count += n;
+            }
             _ => return Err(wrong_batch(task, b)),
         }
         t.rows += rows;
@@ -132,7 +142,7 @@ pub(crate) fn evaluate_task(session: &Session, task: &TaskHead, head: Option<&Po
     match task {
         TaskHead::Classification { .. } => e.accuracy = Some(t.right as f32 / t.rows as f32),
         TaskHead::Regression { .. } => e.mse = Some(loss),
-        TaskHead::CausalLm => {
+        TaskHead::CausalLm | TaskHead::MaskedLm => {
             e.perplexity = Some((t.loss / t.count as f64).exp() as f32);
             e.tokens = Some(t.count);
         }
@@ -158,6 +168,8 @@ pub struct TaskSession {
     session: Session,
     task: TaskHead,
     head: Option<PooledHead>,
+    /// A masked-LM delta's output bias.
+    mlm_bias: Option<Vec<f32>>,
 }
 
 impl TaskSession {
@@ -176,8 +188,16 @@ impl TaskSession {
                 }
                 None
             }
+            TaskHead::MaskedLm => None,
         };
-        Ok(TaskSession { session: Session::with_delta(base, delta, config)?, task, head })
+        let mlm_bias = match task {
+            TaskHead::MaskedLm => {
+                let name = crate::peft::madx::MLM_BIAS;
+                Some(delta.tensor(name).ok_or_else(|| Error::Config(format!("a masked-LM delta needs `{name}`")))?.to_f32()?)
+            }
+            _ => None,
+        };
+        Ok(TaskSession { session: Session::with_delta(base, delta, config)?, task, head, mlm_bias })
     }
 
     /// Runs the heavy ops on another backend from now on: `vulkan` (cargo feature) runs the
@@ -202,7 +222,7 @@ impl TaskSession {
 
     /// The task's loss and measure over `batches`.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<Evaluation> {
-        evaluate_task(&self.session, &self.task, self.head.as_ref(), batches)
+        evaluate_task(&self.session, &self.task, self.head.as_ref(), self.mlm_bias.as_deref(), batches)
     }
 }
 

@@ -20,6 +20,7 @@ mod diff;
 pub mod evaluate;
 pub mod guard;
 pub mod head;
+pub mod mlm;
 pub mod optim;
 pub(crate) mod params;
 pub mod prefix_mlp;

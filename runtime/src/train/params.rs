@@ -35,10 +35,12 @@ impl Param {
 /// The parameter suffixes that live on a `Linear`, and what the tape calls them.
 const LINEAR_PARTS: [&str; 11] = ["lora_A", "lora_B", "bias", "weight", "ia3_in", "ia3_out", "adapter.down", "adapter.down_bias", "adapter.up", "diff", "diff_log_alpha"];
 const UP_BIAS: &str = "adapter.up_bias";
+/// MAD-X's language adapter parts (`<module>.lang_adapter.down`, ...).
+const LANG_PARTS: [&str; 4] = ["lang_adapter.down", "lang_adapter.down_bias", "lang_adapter.up", "lang_adapter.up_bias"];
 
 /// (module, part) when `name` is a `Linear`'s parameter.
 fn linear_part(name: &str) -> Option<(&str, &str)> {
-    LINEAR_PARTS.iter().chain([&UP_BIAS]).filter_map(|p| name.strip_suffix(p).and_then(|m| m.strip_suffix('.')).map(|m| (m, *p))).next()
+    LINEAR_PARTS.iter().chain([&UP_BIAS]).chain(LANG_PARTS.iter()).filter_map(|p| name.strip_suffix(p).and_then(|m| m.strip_suffix('.')).map(|m| (m, *p))).next()
 }
 
 /// The LayerNorm γ and β constants of the graph, as (node, γ value, β value).
@@ -148,6 +150,47 @@ pub(crate) fn init(base: &Base, method: &PeftMethod, rng: &mut Rng) -> Result<(V
                 }
             }
         }
+        PeftMethod::MadxLanguage(c) => {
+            c.validate()?;
+            bottlenecks(base, "lang_adapter", c.bottleneck as usize, rng, &mut params);
+            let hidden = super::trainer::hidden_size(base)?;
+            if hidden % 2 != 0 {
+                return Err(Error::Config(format!("an invertible adapter splits the features in halves; this base has {hidden}")));
+            }
+            let (half, m) = (hidden / 2, c.invertible_bottleneck as usize);
+            for which in ['f', 'g'] {
+                // Down Kaiming-uniform, up zero: F = G = 0, so the coupling starts as the identity.
+                let [d, db, u, ub] = crate::peft::madx::invertible_names(which);
+                params.push(Param::new(d, &[m, half], rng.uniform_vec(m * half, 1.0 / (half as f32).sqrt()), true));
+                params.push(Param::new(db, &[m], vec![0.0; m], false));
+                params.push(Param::new(u, &[half, m], vec![0.0; half * m], true));
+                params.push(Param::new(ub, &[half], vec![0.0; half], false));
+            }
+            let vocab = crate::train::mlm::output_embedding(g)?.len() / hidden;
+            params.push(Param::new(crate::peft::madx::MLM_BIAS.into(), &[vocab], vec![0.0; vocab], false));
+        }
+        PeftMethod::MadxTask(c) => {
+            c.validate()?;
+            bottlenecks(base, "adapter", c.bottleneck as usize, rng, &mut params);
+        }
+        PeftMethod::Prompt(c) => {
+            c.validate()?;
+            // Lester et al.'s best initialization: the embeddings of tokens drawn from the
+            // vocabulary (the table's rows, dequantized where it is stored in int8).
+            let at = crate::peft::prompt::word_embedding(g).ok_or_else(|| Error::Config("prompt tuning needs the word-embedding lookup of `input_ids`".into()))?;
+            let n = &g.nodes[at];
+            let (Op::Embedding { dequant, .. }, Some(table)) = (&n.op, g.input_constant(n, 0)) else {
+                return Err(Error::Config("prompt tuning needs a constant word-embedding table".into()));
+            };
+            let (vocab, dim) = match *table.shape() {
+                [v, d] if v > 0 && d > 0 => (v, d),
+                ref s => return Err(Error::Config(format!("a word-embedding table of shape {s:?}"))),
+            };
+            let len = c.len as usize;
+            let ids: Vec<i64> = (0..len).map(|_| (rng.next_u64() % vocab as u64) as i64).collect();
+            let rows = crate::ops::gather::embedding(table, &crate::tensor::Tensor::new(&[len], ids)?, *dequant)?;
+            params.push(Param::new(crate::peft::prompt::TENSOR_NAME.into(), &[len, dim], rows.to_f32_vec(), false));
+        }
         PeftMethod::Prefix(c) => {
             c.validate()?;
             let layers = g.nodes.iter().filter(|n| matches!(n.op, Op::Attention(_))).count();
@@ -177,6 +220,21 @@ pub(crate) fn init(base: &Base, method: &PeftMethod, rng: &mut Rng) -> Result<(V
         }
     }
     Ok((params, mlp))
+}
+
+/// A fresh bottleneck adapter (`<module>.<kind>.{down, down_bias, up, up_bias}`, m hidden
+/// units) after every FFN output projection (MAD-X's Pfeiffer placement): down
+/// Kaiming-uniform, the rest zero, so it starts as the identity.
+fn bottlenecks(base: &Base, kind: &str, m: usize, rng: &mut Rng, params: &mut Vec<Param>) {
+    for l in base.linears() {
+        if crate::peft::madx::follows(&l.module) {
+            let bound = 1.0 / (l.n as f32).sqrt();
+            params.push(Param::new(format!("{}.{kind}.down", l.module), &[m, l.n], rng.uniform_vec(m * l.n, bound), true));
+            params.push(Param::new(format!("{}.{kind}.down_bias", l.module), &[m], vec![0.0; m], false));
+            params.push(Param::new(format!("{}.{kind}.up", l.module), &[l.n, m], vec![0.0; l.n * m], true));
+            params.push(Param::new(format!("{}.{kind}.up_bias", l.module), &[l.n], vec![0.0; l.n], false));
+        }
+    }
 }
 
 /// Where a parameter lives: on a node (its index in `Graph::nodes`), or as a delta on a
@@ -222,6 +280,16 @@ pub(crate) fn locate(g: &Graph, params: &[Param]) -> (Trainables, HashMap<usize,
         } else if let Some(l) = prefix_layer(&p.name).filter(|&l| l < prefix_layers) {
             t.prefix.insert(attention[l]);
             at.insert(pi, Loc::Node(attention[l]));
+        } else if p.name.starts_with(crate::peft::madx::INVERTIBLE_PREFIX) {
+            if let Some(node) = crate::peft::madx::invertible_node(g) {
+                t.invertible.insert(node);
+                at.insert(pi, Loc::Node(node));
+            }
+        } else if p.name == crate::peft::prompt::TENSOR_NAME {
+            if let Some(at_node) = crate::peft::prompt::word_embedding(g) {
+                t.prompt.insert(at_node);
+                at.insert(pi, Loc::Node(at_node));
+            }
         } else if let Some(v) = g.value_named(&p.name) {
             t.constants.insert(v);
             at.insert(pi, Loc::Value(v));
@@ -242,6 +310,17 @@ fn prefix_layer(name: &str) -> Option<usize> {
 pub(crate) fn grad_of(p: &Param, at: Loc, grads: &Grads) -> Vec<f32> {
     let g = match at {
         Loc::Value(v) => grads.constants.get(&v).cloned(),
+        Loc::Node(at) if p.name == crate::peft::prompt::TENSOR_NAME => grads.prompt.get(&at).cloned(),
+        Loc::Node(at) if p.name.starts_with(crate::peft::madx::INVERTIBLE_PREFIX) => grads.invertible.get(&at).and_then(|c| {
+            let rest = &p.name[crate::peft::madx::INVERTIBLE_PREFIX.len()..];
+            let (which, part) = rest.split_once('.')?;
+            let b = match which {
+                "f" => &c.f,
+                "g" => &c.g,
+                _ => return None,
+            };
+            bottleneck_part(b, part)
+        }),
         Loc::Node(at) if p.name.starts_with("prefix.") => grads.prefix.get(&at).map(|(k, v)| if p.name.ends_with(".key") { k.clone() } else { v.clone() }),
         Loc::Node(at) => {
             let patch = || grads.patch.get(&at);
@@ -253,15 +332,28 @@ pub(crate) fn grad_of(p: &Param, at: Loc, grads: &Grads) -> Vec<f32> {
                 Some("weight" | "diff" | "diff_log_alpha") => grads.linear_weight.get(&at).cloned(),
                 Some("ia3_in") => patch().and_then(|g| g.scale_in.clone()),
                 Some("ia3_out") => patch().and_then(|g| g.scale_out.clone()),
-                Some("adapter.down") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.down.clone())),
-                Some("adapter.down_bias") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.down_bias.clone())),
-                Some("adapter.up") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.up.clone())),
-                Some("adapter.up_bias") => patch().and_then(|g| g.adapter.as_ref().map(|a| a.up_bias.clone())),
+                // A stacked adapter (MAD-X's task adapter) is the `adapter.*` one when present;
+                // the language adapter under it is `lang_adapter.*`.
+                Some(part @ ("adapter.down" | "adapter.down_bias" | "adapter.up" | "adapter.up_bias")) => {
+                    patch().and_then(|g| g.stacked.as_ref().or(g.adapter.as_ref())).and_then(|a| bottleneck_part(a, &part["adapter.".len()..]))
+                }
+                Some(part) if part.starts_with("lang_adapter.") => patch().and_then(|g| g.adapter.as_ref()).and_then(|a| bottleneck_part(a, &part["lang_adapter.".len()..])),
                 _ => None,
             }
         }
     };
     g.unwrap_or_else(|| vec![0.0; p.values.len()])
+}
+
+/// One part (`down`, `down_bias`, `up`, `up_bias`) of a bottleneck's gradients.
+fn bottleneck_part(a: &super::backward::patch::AdapterGrads, part: &str) -> Option<Vec<f32>> {
+    match part {
+        "down" => Some(a.down.clone()),
+        "down_bias" => Some(a.down_bias.clone()),
+        "up" => Some(a.up.clone()),
+        "up_bias" => Some(a.up_bias.clone()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

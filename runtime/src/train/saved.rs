@@ -42,6 +42,8 @@ pub fn saved_values(g: &Graph, t: &Trainables) -> Vec<bool> {
                 keep(1);
             }
             Op::Attention(_) => (0..4).for_each(&mut keep),
+            // A soft prompt's gradient needs only the ids' shape.
+            Op::Embedding { .. } => keep(1),
             Op::Reshape { .. } | Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Flatten(_) | Op::Identity => {}
             _ => {
                 (0..n.inputs.len()).for_each(&mut keep);

@@ -34,6 +34,10 @@ pub struct Trainables {
     pub patch: HashSet<usize>,
     /// `Attention` nodes whose prefix keys and values are trained.
     pub prefix: HashSet<usize>,
+    /// `Embedding` nodes whose soft prompt is trained (prompt tuning).
+    pub prompt: HashSet<usize>,
+    /// `Invertible` nodes whose coupling is trained (MAD-X language adapters).
+    pub invertible: HashSet<usize>,
 }
 
 /// Gradients of the loss with respect to every trainable.
@@ -51,6 +55,10 @@ pub struct Grads {
     pub patch: HashMap<usize, PatchGrads>,
     /// Per `Attention` node: (d prefix keys, d prefix values), each `[len × kv_heads·head_dim]`.
     pub prefix: HashMap<usize, (Vec<f32>, Vec<f32>)>,
+    /// Per `Embedding` node: d soft prompt, `[len × dim]`.
+    pub prompt: HashMap<usize, Vec<f32>>,
+    /// Per `Invertible` node: its branches' gradients.
+    pub invertible: HashMap<usize, super::backward::invertible::CouplingGrads>,
 }
 
 /// Gradients of one `Linear`'s patch; a part is `None` when the patch has none.
@@ -62,6 +70,8 @@ pub struct PatchGrads {
     pub scale_out: Option<Vec<f32>>,
     /// The adapter's gradients.
     pub adapter: Option<patch_bw::AdapterGrads>,
+    /// The stacked adapter's gradients (MAD-X's task adapter).
+    pub stacked: Option<patch_bw::AdapterGrads>,
 }
 
 fn unsupported(op: &Op) -> Error {
@@ -95,7 +105,7 @@ pub(crate) fn reaching(g: &Graph, t: &Trainables) -> Vec<bool> {
         r[c] = true;
     }
     for (i, n) in g.nodes.iter().enumerate() {
-        let own = t.lora.contains(&i) || t.linear_bias.contains(&i) || t.linear_weight.contains(&i) || t.patch.contains(&i) || t.prefix.contains(&i);
+        let own = t.lora.contains(&i) || t.linear_bias.contains(&i) || t.linear_weight.contains(&i) || t.patch.contains(&i) || t.prefix.contains(&i) || t.prompt.contains(&i) || t.invertible.contains(&i);
         if own || n.inputs.iter().flatten().any(|&v| r[v]) {
             for &o in &n.outputs {
                 r[o] = true;
@@ -225,6 +235,14 @@ impl<'g> Reverse<'g> {
                             let mut y1 = l.core(xs);
                             if let Some(s) = &p.scale_out {
                                 scale_rows(&mut y1, s);
+                            }
+                            if let Some(top) = &p.stacked {
+                                // The stacked adapter's input is the first adapter's output.
+                                let mut y2 = y1.clone();
+                                a.forward_in_place(&mut y2, l.n);
+                                let (d, g) = patch_bw::adapter_backward(top, &y2, l.n, &dy);
+                                dy = d;
+                                pg.stacked = Some(g);
                             }
                             let (d, g) = patch_bw::adapter_backward(a, &y1, l.n, &dy);
                             dy = d;
@@ -392,6 +410,27 @@ impl<'g> Reverse<'g> {
                         };
                         send(&mut grads, Some(bb), unbroadcast(&d, &out_shape, &sb), &mut out);
                     }
+                }
+                Op::Embedding { prompt: Some(p), .. } if t.prompt.contains(&i) => {
+                    // The prompt replaced rows 0..len of every sequence: its gradient is those
+                    // rows' gradient summed over the batch. The table and ids are frozen.
+                    let dim = value(inp(0).ok_or_else(|| unsupported(&n.op))?)?.shape().get(1).copied().unwrap_or(0);
+                    let seq_dim = dy.len() / dim.max(1);
+                    let rows = value(inp(1).ok_or_else(|| unsupported(&n.op))?)?.shape().first().copied().unwrap_or(1).max(1);
+                    let per_row = seq_dim / rows * dim;
+                    let mut dp = vec![0f32; p.len()];
+                    for row in dy.chunks_exact(per_row.max(1)) {
+                        dp.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                    }
+                    out.prompt.insert(i, dp);
+                }
+                Op::Invertible(a) => {
+                    let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
+                    let (dx, gr) = super::backward::invertible::coupling_backward(a, x, &dy);
+                    if t.invertible.contains(&i) {
+                        out.invertible.insert(i, gr);
+                    }
+                    send(&mut grads, inp(0), dx, &mut out);
                 }
                 Op::Reshape { .. } | Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Flatten(_) | Op::Identity | Op::Cast(crate::tensor::DType::F32) => {
                     send(&mut grads, inp(0), dy, &mut out);

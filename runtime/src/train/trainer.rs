@@ -95,6 +95,9 @@ pub struct Trainer {
     last_good: LastGood,
     /// Test-only faults by step, see [`Trainer::inject_fault`].
     faults: Vec<(u64, InjectedFault)>,
+    /// Frozen tensors the delta carries besides the trained ones: a MAD-X task adapter's
+    /// language adapter.
+    frozen: Vec<NamedTensor>,
 }
 
 /// A copy of the trainable values (the parameters, then the head's weight and bias) and of the
@@ -115,7 +118,34 @@ impl Trainer {
     /// through the model's first output, its logits. BitFit on a base without biases (a Llama:
     /// bias-free `Linear`s, RMSNorm) is an [`Error::Config`] rather than an empty delta.
     pub fn new(base: Arc<Base>, method: PeftMethod, task: TaskHead, config: TrainConfig) -> Result<Trainer> {
+        if matches!(method, PeftMethod::MadxTask(_)) {
+            return Err(Error::Config("a MAD-X task adapter stacks on a language adapter: use Trainer::madx_task".into()));
+        }
+        Self::with_frozen(base, method, task, config, Vec::new())
+    }
+
+    /// A trainer for a MAD-X task adapter of bottleneck `bottleneck`, stacked on the frozen
+    /// language adapter of `language` (a MAD-X language delta for the same base), with the
+    /// `task` head. The delta it makes carries a copy of the language adapter, so that it runs
+    /// on its own; [`crate::peft::madx::with_language`] swaps it for another.
+    pub fn madx_task(base: Arc<Base>, language: &Delta, bottleneck: u32, task: TaskHead, config: TrainConfig) -> Result<Trainer> {
+        language.check_base(&base.fingerprint())?;
+        if matches!(task, TaskHead::MaskedLm) {
+            return Err(Error::Config("a MAD-X task adapter trains a task head; masked-LM training is for language adapters".into()));
+        }
+        let (lang, frozen) = crate::peft::madx::language_tensors(language)?;
+        let method = PeftMethod::MadxTask(crate::peft::MadxTaskConfig { language: lang, bottleneck });
+        Self::with_frozen(base, method, task, config, frozen)
+    }
+
+    fn with_frozen(base: Arc<Base>, method: PeftMethod, task: TaskHead, config: TrainConfig, frozen: Vec<NamedTensor>) -> Result<Trainer> {
         config.optimizer.validate()?;
+        match (&method, &task) {
+            (PeftMethod::MadxLanguage(_), TaskHead::MaskedLm) => {}
+            (PeftMethod::MadxLanguage(_), _) => return Err(Error::Config("a MAD-X language adapter trains by masked-language modelling (TaskHead::MaskedLm)".into())),
+            (_, TaskHead::MaskedLm) => return Err(Error::Config("masked-language modelling trains MAD-X language adapters only".into())),
+            _ => {}
+        }
         config.guard.validate()?;
         task.validate()?;
         let mut rng = Rng::new(config.seed);
@@ -134,7 +164,7 @@ impl Trainer {
         let head = match task {
             TaskHead::Classification { classes, pooling } => Some(new_head(&base, &mut rng, classes as usize, pooling)?),
             TaskHead::Regression { outputs } => Some(new_head(&base, &mut rng, outputs as usize, REGRESSION_POOLING)?),
-            TaskHead::CausalLm => None,
+            TaskHead::CausalLm | TaskHead::MaskedLm => None,
         };
         let optimizer = Optimizer::new(config.optimizer)?;
         let mut session = Session::new(base.clone(), SessionConfig { threads: config.threads })?;
@@ -159,6 +189,7 @@ impl Trainer {
             threads: config.threads,
             guard: Guard::new(config.guard),
             faults: Vec::new(),
+            frozen,
         };
         t.keep_as_good();
         t.refresh()?;
@@ -172,6 +203,7 @@ impl Trainer {
             PeftMethod::DiffPruning(c) => super::diff::sparse_delta(c, &self.params),
             _ => self.params.iter().filter(|p| !p.name.starts_with("prefix_mlp.")).map(|p| NamedTensor::f32(p.name.clone(), &p.shape, p.values.clone())).collect(),
         };
+        tensors.extend(self.frozen.iter().cloned());
         if let Some(m) = &self.prefix_mlp {
             // The MLP is dropped here: the delta holds only the prefixes it produces.
             let (_, p) = m.forward(self.mlp_params());
@@ -358,6 +390,10 @@ impl Trainer {
             (TaskHead::Classification { .. }, Targets::Classes(labels), Some(h)) => classify::step(&self.session, &named, labels, h, &t, ck)?,
             (TaskHead::Regression { .. }, Targets::Values(values), Some(h)) => regress::step(&self.session, &named, values, h, &t, ck)?,
             (TaskHead::CausalLm, Targets::NextTokens, None) => causal_lm::step(&self.session, &named, &t, ck)?,
+            (TaskHead::MaskedLm, Targets::Masked(labels), None) => {
+                let bias = self.parameter_values(crate::peft::madx::MLM_BIAS).ok_or_else(|| Error::Config("masked-LM training is for a MAD-X language adapter, whose delta has `mlm.bias`".into()))?;
+                super::mlm::step(&self.session, &named, labels, bias, &t, ck)?
+            }
             _ => return Err(Error::BadInput { name: "batch".into(), reason: format!("its targets ({}) do not fit this trainer's task {:?}", targets_name(&batch.targets), self.task) }),
         };
         let mut mlp = self.prefix_mlp.map(|m| self.mlp_grads(&m, &r.grads).into_iter());
@@ -366,6 +402,11 @@ impl Trainer {
             if let (Some(it), true) = (&mut mlp, p.name.starts_with("prefix_mlp.")) {
                 // `params::init` lists the MLP's parameters in `PrefixMlp::NAMES` order.
                 grads.push(it.next().unwrap_or_else(|| vec![0.0; p.values.len()]));
+                continue;
+            }
+            if p.name == crate::peft::madx::MLM_BIAS {
+                // The masked-LM output bias acts after the graph; its gradient comes with the loss.
+                grads.push(if r.head_bias.len() == p.values.len() { r.head_bias.clone() } else { vec![0.0; p.values.len()] });
                 continue;
             }
             let at = where_.get(&pi).copied().ok_or_else(|| Error::Config(format!("parameter `{}` is not in the graph", p.name)))?;
@@ -474,7 +515,7 @@ impl Trainer {
     /// [`Evaluation`]), without training. A [`super::evaluate::TaskSession`] over the saved
     /// delta gives the same numbers.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<Evaluation> {
-        self.with_eval_session(|s| evaluate_task(s, &self.task, self.head.as_ref(), batches))
+        self.with_eval_session(|s| evaluate_task(s, &self.task, self.head.as_ref(), self.parameter_values(crate::peft::madx::MLM_BIAS), batches))
     }
 
     /// The head's outputs for a batch: class logits `[rows × classes]`, predictions
@@ -526,6 +567,7 @@ fn targets_name(t: &Targets) -> &'static str {
         Targets::Classes(_) => "classes",
         Targets::Values(_) => "values",
         Targets::NextTokens => "next tokens",
+        Targets::Masked(_) => "masked tokens",
     }
 }
 

@@ -82,7 +82,12 @@ impl VulkanSession {
         self.graph = match delta {
             Some(d) => {
                 crate::peft::apply::check_base(d, &self.base.fingerprint())?;
-                Arc::new(crate::peft::apply::apply_delta(self.base.graph(), d)?)
+                let g = crate::peft::apply::apply_delta(self.base.graph(), d)?;
+                // A soft prompt needs the CPU session's widened inputs (`peft::prompt`).
+                if crate::peft::prompt::prompt_len(&g) > 0 {
+                    return Err(Error::Backend { backend: "vulkan", reason: "prompt-tuning deltas run on the cpu backend only".into() });
+                }
+                Arc::new(g)
             }
             None => self.base.shared_graph(),
         };

@@ -362,7 +362,7 @@ fn a_task_head_becomes_an_extra_output() {
         let (classes, cls) = match task {
             TaskHead::Classification { classes, pooling } => (classes as usize, pooling == Pooling::Cls),
             TaskHead::Regression { outputs } => (outputs as usize, false),
-            TaskHead::CausalLm => unreachable!(),
+            TaskHead::CausalLm | TaskHead::MaskedLm => unreachable!(),
         };
         d.head = Some(task);
         let (w, b) = (random(classes * hidden, 7, 0.5), random(classes, 8, 0.5));

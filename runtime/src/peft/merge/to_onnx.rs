@@ -413,7 +413,7 @@ impl<'m> Writer<'m> {
     /// its name. A causal LM's head is the base's own, so nothing is added for it.
     fn write_head(&mut self, delta: &Delta) -> Result<Option<String>> {
         let (classes, pooling, name) = match &delta.head {
-            None | Some(TaskHead::CausalLm) => return Ok(None),
+            None | Some(TaskHead::CausalLm | TaskHead::MaskedLm) => return Ok(None),
             Some(TaskHead::Classification { classes, pooling }) => (*classes as usize, *pooling, HEAD_OUTPUT),
             Some(TaskHead::Regression { outputs }) => (*outputs as usize, crate::train::head::REGRESSION_POOLING, REGRESSION_OUTPUT),
         };

@@ -13,6 +13,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod invertible;
 pub mod linear;
 pub mod loss;
 pub mod norm;

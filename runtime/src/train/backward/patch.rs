@@ -28,6 +28,12 @@ pub struct AdapterGrads {
 /// and the input gradient is `dy + dz·D` (the residual plus the bottleneck path). Returns the
 /// input gradient and the parameter gradients.
 pub fn adapter_backward(a: &BottleneckAdapter, y: &[f32], n: usize, dy: &[f32]) -> (Vec<f32>, AdapterGrads) {
+    bottleneck_backward(a, y, n, dy, true)
+}
+
+/// [`adapter_backward`] of the branch alone, `out = f(z)·Uᵀ + u`: the input gradient is
+/// `dz·D`, without the residual's `dy` unless `residual`.
+pub fn bottleneck_backward(a: &BottleneckAdapter, y: &[f32], n: usize, dy: &[f32], residual: bool) -> (Vec<f32>, AdapterGrads) {
     assert_eq!(y.len(), dy.len(), "adapter_backward: y and dy differ in length");
     let (m, rows) = (a.m, y.len() / n.max(1));
     let z = a.pre_activation(y, n);
@@ -43,7 +49,7 @@ pub fn adapter_backward(a: &BottleneckAdapter, y: &[f32], n: usize, dy: &[f32]) 
     };
     let mut down = vec![0f32; m * n];
     matmul_f32_at(&dz, y, &mut down, m, rows, n, false);
-    let mut dx = dy.to_vec();
+    let mut dx = if residual { dy.to_vec() } else { vec![0f32; dy.len()] };
     matmul_f32(&dz, &a.down, &mut dx, rows, m, n, true);
     (dx, AdapterGrads { down, down_bias: linear_bias_grad(&dz, m), up, up_bias: linear_bias_grad(dy, n) })
 }
