@@ -271,6 +271,7 @@ fn one_ort_session_serves_many_users() {
 mod vulkan_training {
     use std::sync::Arc;
 
+    use kilotune::peft::prompt::PromptConfig;
     use kilotune::peft::{AdapterConfig, Ia3Config, Pooling, PrefixConfig, TaskHead};
     use kilotune::train::optim::OptimizerKind;
     use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
@@ -407,13 +408,16 @@ mod vulkan_training {
 
     #[test]
     fn patched_layers_and_prefixes_train_on_vulkan_as_on_cpu() {
-        // (IA)3 scales, adapters and prefix attention have no shader: those ops run on the CPU,
-        // the rest on the device, and the result must not change.
+        // (IA)3 scales, adapters, prefix attention and the prompt's embedding rows have no
+        // shader: those ops run on the CPU, the rest on the device, and the result must not
+        // change.
         let base = load("tiny-bert.dynamo.onnx", false);
         let batch = bert_batch();
         check("tiny-bert ia3", &base, PeftMethod::Ia3(Ia3Config::default()), classify(), &batch, 1e-4);
         check("tiny-bert houlsby", &base, PeftMethod::Adapter(AdapterConfig::default()), classify(), &batch, 1e-4);
         check("tiny-bert prefix", &base, PeftMethod::Prefix(PrefixConfig { len: 4, mlp_hidden: 0 }), classify(), &batch, 1e-4);
+        // A soft prompt: the CPU session widens the inputs, the device runs the rest.
+        check("tiny-bert prompt", &base, PeftMethod::Prompt(PromptConfig { len: 3 }), classify(), &batch, 1e-4);
     }
 
     #[test]
