@@ -354,38 +354,33 @@ pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Re
 
     let mut pairs: Vec<(String, Pair)> = pairs.into_iter().collect();
     pairs.sort_by_key(|(m, p)| (p.order, m.clone()));
+    let peft_paths: Vec<String> = pairs.iter().map(|(_, p)| p.peft_path.clone()).collect();
     let mut tensors = Vec::with_capacity(pairs.len() * 2);
-    for (module, p) in &pairs {
-        let (Some((a_name, a_shape, a)), Some((b_name, b_shape, b))) = (&p.a, &p.b) else {
+    // By value: each factor's values move into the delta instead of being copied, so the
+    // import holds one f32 copy of the weights beside the file's bytes.
+    for (module, p) in pairs {
+        let (Some((a_name, a_shape, a)), Some((b_name, b_shape, b))) = (p.a, p.b) else {
             return Err(PeftInteropError::MissingPair { module: p.peft_path.clone() });
         };
-        if !targets_from_tensors && !lora.matches(module) {
+        if !targets_from_tensors && !lora.matches(&module) {
             return Err(unsupported(
                 "target_modules",
                 format!("{:?} does not cover `{}`, which the adapter adapts", lora.target_modules, p.peft_path),
             ));
         }
-        let r = lora.rank_for(module) as usize;
-        if *a_shape != [r, p.k] {
-            return Err(PeftInteropError::Shape {
-                tensor: a_name.clone(),
-                expected: vec![r, p.k],
-                found: a_shape.clone(),
-            });
+        let r = lora.rank_for(&module) as usize;
+        if a_shape != [r, p.k] {
+            return Err(PeftInteropError::Shape { tensor: a_name, expected: vec![r, p.k], found: a_shape });
         }
-        if *b_shape != [p.n, r] {
-            return Err(PeftInteropError::Shape {
-                tensor: b_name.clone(),
-                expected: vec![p.n, r],
-                found: b_shape.clone(),
-            });
+        if b_shape != [p.n, r] {
+            return Err(PeftInteropError::Shape { tensor: b_name, expected: vec![p.n, r], found: b_shape });
         }
         let dims = |s: &[usize]| s.iter().map(|&d| u32::try_from(d).unwrap_or(u32::MAX)).collect::<Vec<u32>>();
-        tensors.push(NamedTensor::f32(format!("{module}.lora_A"), &dims(a_shape), a.clone()));
-        tensors.push(NamedTensor::f32(format!("{module}.lora_B"), &dims(b_shape), b.clone()));
+        tensors.push(NamedTensor::f32(format!("{module}.lora_A"), &dims(&a_shape), a));
+        tensors.push(NamedTensor::f32(format!("{module}.lora_B"), &dims(&b_shape), b));
     }
     if targets_from_tensors {
-        lora.target_modules = pairs.iter().map(|(_, p)| p.peft_path.clone()).collect();
+        lora.target_modules = peft_paths;
     }
     lora.validate().map_err(|e| PeftInteropError::InvalidConfig(e.to_string()))?;
 
