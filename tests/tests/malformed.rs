@@ -239,6 +239,10 @@ fn delta_every_single_bit_flip_of_a_real_delta_is_rejected() {
     for bit in 0..bytes.len() * 8 {
         let (at, mask) = (bit / 8, 1u8 << (bit % 8));
         flipped[at] ^= mask;
+        // The CRC32C covers the header too and catches every flip by itself (a single-bit
+        // error never leaves a CRC unchanged); the reader reports the first check that fails.
+        let (covered, trailer) = flipped.split_at(flipped.len() - 4);
+        assert_ne!(crc32c::crc32c(covered).to_le_bytes(), trailer, "bit {bit} slips past the CRC");
         match (at, decode(&flipped)) {
             (0..8, Err(DeltaError::BadMagic { .. })) => magic += 1,
             (8..12, Err(DeltaError::UnsupportedVersion { .. })) => version += 1,
@@ -254,7 +258,8 @@ fn delta_every_single_bit_flip_of_a_real_delta_is_rejected() {
         flipped[at] ^= mask;
     }
     assert_eq!(flipped, bytes);
-    // Every flip rejected: the header's by its own structural check, all the others by the CRC.
+    // Every flip rejected: the header's by its structural checks (which run before the CRC),
+    // all the others by the CRC.
     assert_eq!(magic + version + length + checksum, bytes.len() * 8);
     assert_eq!((magic, version, length), (64, 32, 64));
     assert_eq!(checksum, (bytes.len() - 20) * 8);
@@ -326,7 +331,7 @@ fn delta_bytes_after_the_declared_end_are_trailing() {
 #[test]
 fn delta_missing_file_is_io() {
     let dir = TempDir::new("malformed-missing");
-    let err = delta::load(&dir.path().join("none.ktd"), None, &LoadLimits::default()).unwrap_err();
+    let err = delta::load(dir.path().join("none.ktd"), None, &LoadLimits::default()).unwrap_err();
     assert!(matches!(&err, DeltaError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound), "{err:?}");
 }
 
