@@ -59,14 +59,20 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded as is; `ptr` came from this allocator with `layout`.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // While the block moves both copies are live; count the larger size only, as a
-            // realloc in place would.
+        if p.is_null() {
+            return p;
+        }
+        if p == ptr {
+            // Resized in place: only the difference.
             if new_size >= layout.size() {
                 grew(new_size - layout.size());
             } else {
                 CURRENT.fetch_sub(layout.size() - new_size, Ordering::SeqCst);
             }
+        } else {
+            // Moved: the old and the new block were both live while the bytes were copied.
+            grew(new_size);
+            CURRENT.fetch_sub(layout.size(), Ordering::SeqCst);
         }
         p
     }
@@ -297,4 +303,24 @@ fn hostile_sizes_are_refused_before_allocating() {
     let (r, peak) = peak_of(|| kilotune::import::hf::read_safetensors(&s, None, &mut Default::default()));
     assert!(r.is_err());
     small("safetensors, shape claiming 2^40 floats", s.len(), peak);
+}
+
+/// The same bound on a real model: MiniLM-L6 (f32, and ONNX Runtime's int8 export) from
+/// `../shared`. Run with `--features real-models`.
+#[cfg(feature = "real-models")]
+#[test]
+fn real_model_loads_within_twice_their_size() {
+    let _guard = serial();
+    for name in ["model.onnx", "model.int8.onnx"] {
+        let path = kilotune_tests::shared().join("models/minilm-l6").join(name);
+        let len = std::fs::metadata(&path).expect("the real model is in ../shared").len() as usize;
+        let bytes = std::fs::read(&path).expect("readable");
+        let (model, peak) = peak_of(|| ModelProto::decode(&bytes).map(|_| ()));
+        model.expect("decodes");
+        bounded(&format!("ModelProto::decode, MiniLM-L6 {name}"), len, peak);
+        drop(bytes);
+        let (base, peak) = peak_of(|| Base::load(&path, LoadOptions::default()));
+        drop(base.expect("loads"));
+        bounded(&format!("Base::load, MiniLM-L6 {name}"), len, peak);
+    }
 }
