@@ -122,6 +122,7 @@ const PEFT_TESTS: &str = "runtime/src/delta/peft_interop/tests.rs";
 
 table!(peft_rows, PeftInteropError {
     Io { .. } => malformed("peft_adapter_missing_files_are_io"),
+    TooLarge { .. } => malformed("peft_adapter_oversized_files_are_too_large_before_they_are_read"),
     Json { .. } => malformed("peft_adapter_bad_json_config_is_json"),
     Safetensors { .. } => malformed("peft_adapter_u64_max_header_length_is_a_safetensors_error"),
     Unsupported { .. } => malformed("peft_adapter_unsupported_feature_is_unsupported"),
@@ -217,7 +218,7 @@ fn every_public_error_variant_is_produced_by_a_named_test() {
         }
     }
     assert_eq!(unreachable, ["Error::Backend"]);
-    assert_eq!(count, 16 + 12 + 6 + 4 + 11 + 27);
+    assert_eq!(count, 16 + 12 + 6 + 4 + 12 + 27);
 }
 
 #[test]

@@ -842,6 +842,21 @@ fn peft_adapter_out_of_range_config_is_invalid_config() {
 }
 
 #[test]
+fn peft_adapter_oversized_files_are_too_large_before_they_are_read() {
+    use kilotune::delta::peft_interop::{MAX_CONFIG_BYTES, MAX_WEIGHTS_BYTES};
+    let (base, dir) = real_adapter("malformed-peft-large");
+    // A sparse file one byte over the limit: refused from its size, never read.
+    let weights = std::fs::OpenOptions::new().write(true).open(weights_path(&dir)).expect("exported");
+    weights.set_len(MAX_WEIGHTS_BYTES + 1).expect("a sparse file");
+    drop(weights);
+    let r = import_peft_adapter(dir.path(), &base, [0; 32]);
+    assert!(matches!(&r, Err(PeftInteropError::TooLarge { size, limit, .. }) if *size == MAX_WEIGHTS_BYTES + 1 && *limit == MAX_WEIGHTS_BYTES), "{r:?}");
+    std::fs::write(dir.path().join("adapter_config.json"), vec![b' '; MAX_CONFIG_BYTES as usize + 1]).expect("writable");
+    let r = import_peft_adapter(dir.path(), &base, [0; 32]);
+    assert!(matches!(&r, Err(PeftInteropError::TooLarge { limit, .. }) if *limit == MAX_CONFIG_BYTES), "{r:?}");
+}
+
+#[test]
 fn peft_adapter_missing_files_are_io() {
     let (base, dir) = real_adapter("malformed-peft-missing");
     std::fs::remove_file(weights_path(&dir)).expect("exported");
