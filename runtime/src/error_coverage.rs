@@ -31,15 +31,18 @@ struct Row {
     by: By,
 }
 
-const MALFORMED: &str = "tests/tests/malformed.rs";
-
-fn malformed(test: &'static str) -> By {
-    By::Test(MALFORMED, test)
+/// A test of `tests/tests/malformed/<module>.rs`.
+fn malformed(module: &'static str, test: &'static str) -> By {
+    let file = SOURCES.iter().map(|(f, _)| *f).find(|f| f.ends_with(&format!("/malformed/{module}.rs")));
+    By::Test(file.unwrap_or_else(|| panic!("malformed/{module}.rs is not in SOURCES")), test)
 }
 
 /// The sources the tables name, read at compile time so the check needs no file system.
 const SOURCES: &[(&str, &str)] = &[
-    (MALFORMED, include_str!("../../tests/tests/malformed.rs")),
+    ("tests/tests/malformed/ktd.rs", include_str!("../../tests/tests/malformed/ktd.rs")),
+    ("tests/tests/malformed/onnx.rs", include_str!("../../tests/tests/malformed/onnx.rs")),
+    ("tests/tests/malformed/imports.rs", include_str!("../../tests/tests/malformed/imports.rs")),
+    ("tests/tests/malformed/other.rs", include_str!("../../tests/tests/malformed/other.rs")),
     ("tests/tests/tasks.rs", include_str!("../../tests/tests/tasks.rs")),
     ("tests/tests/parity.rs", include_str!("../../tests/tests/parity.rs")),
     ("runtime/src/train/optim.rs", include_str!("train/optim.rs")),
@@ -67,19 +70,19 @@ macro_rules! table {
 }
 
 table!(error_rows, Error {
-    Io { .. } => malformed("onnx_missing_file_is_io"),
-    TooLarge { .. } => malformed("onnx_oversized_file_is_too_large_before_parsing"),
-    Protobuf(..) => malformed("onnx_u64_max_length_is_a_protobuf_error"),
-    UnsupportedOp { .. } => malformed("onnx_unsupported_op_names_the_op_and_node"),
-    UnsupportedAttribute { .. } => malformed("onnx_unsupported_attribute_is_refused"),
-    InvalidModel(..) => malformed("onnx_tensor_shape_data_mismatch_is_an_invalid_model"),
-    ExternalData { .. } => malformed("onnx_external_data_absolute_path_is_refused"),
+    Io { .. } => malformed("onnx", "onnx_missing_file_is_io"),
+    TooLarge { .. } => malformed("onnx", "onnx_oversized_file_is_too_large_before_parsing"),
+    Protobuf(..) => malformed("onnx", "onnx_u64_max_length_is_a_protobuf_error"),
+    UnsupportedOp { .. } => malformed("onnx", "onnx_unsupported_op_names_the_op_and_node"),
+    UnsupportedAttribute { .. } => malformed("onnx", "onnx_unsupported_attribute_is_refused"),
+    InvalidModel(..) => malformed("onnx", "onnx_tensor_shape_data_mismatch_is_an_invalid_model"),
+    ExternalData { .. } => malformed("onnx", "onnx_external_data_absolute_path_is_refused"),
     BadInput { .. } => By::Test("tests/tests/tasks.rs", "a_batch_for_another_task_is_refused"),
-    Shape { .. } => malformed("run_time_shape_mismatch_is_a_shape_error"),
-    Npy(..) => malformed("npy_malformed_header_is_npy"),
+    Shape { .. } => malformed("other", "run_time_shape_mismatch_is_a_shape_error"),
+    Npy(..) => malformed("other", "npy_malformed_header_is_npy"),
     Delta(..) => By::Test("runtime/src/peft/merge/tests.rs", "a_delta_for_another_base_is_refused"),
-    Merge(..) => malformed("merge_requantizing_an_asymmetric_int8_weight_is_refused"),
-    Import(..) => malformed("config_json_malformed_out_of_range_or_unknown_is_refused"),
+    Merge(..) => malformed("other", "merge_requantizing_an_asymmetric_int8_weight_is_refused"),
+    Import(..) => malformed("imports", "config_json_malformed_out_of_range_or_unknown_is_refused"),
     Config(..) => By::Test("runtime/src/train/optim.rs", "invalid_configs_and_groups_are_refused"),
     BackendUnavailable(..) => By::Test("tests/tests/parity.rs", "backends_not_compiled_in_are_a_typed_error"),
     Backend { .. } => By::Nothing(
@@ -88,62 +91,62 @@ table!(error_rows, Error {
 });
 
 table!(delta_rows, DeltaError {
-    Io { .. } => malformed("delta_missing_file_is_io"),
-    TooLarge { .. } => malformed("delta_oversized_file_is_too_large_before_it_is_read"),
-    Truncated { .. } => malformed("delta_every_truncation_of_a_real_delta_is_truncated"),
-    TrailingBytes { .. } => malformed("delta_bytes_after_the_declared_end_are_trailing"),
-    BadMagic { .. } => malformed("delta_wrong_magic_is_bad_magic"),
-    UnsupportedVersion { .. } => malformed("delta_unknown_version_is_unsupported"),
-    Checksum { .. } => malformed("delta_every_single_bit_flip_of_a_real_delta_is_rejected"),
-    Malformed(..) => malformed("delta_shape_data_mismatch_is_malformed"),
-    NonFinite { .. } => malformed("delta_nan_and_infinite_tensors_are_non_finite"),
-    DuplicateName { .. } => malformed("delta_duplicate_tensor_names_are_refused"),
-    BadName { .. } => malformed("delta_empty_or_nul_containing_names_are_bad_names"),
-    WrongBase { .. } => malformed("delta_for_another_base_is_wrong_base"),
+    Io { .. } => malformed("ktd", "delta_missing_file_is_io"),
+    TooLarge { .. } => malformed("ktd", "delta_oversized_file_is_too_large_before_it_is_read"),
+    Truncated { .. } => malformed("ktd", "delta_every_truncation_of_a_real_delta_is_truncated"),
+    TrailingBytes { .. } => malformed("ktd", "delta_bytes_after_the_declared_end_are_trailing"),
+    BadMagic { .. } => malformed("ktd", "delta_wrong_magic_is_bad_magic"),
+    UnsupportedVersion { .. } => malformed("ktd", "delta_unknown_version_is_unsupported"),
+    Checksum { .. } => malformed("ktd", "delta_every_single_bit_flip_of_a_real_delta_is_rejected"),
+    Malformed(..) => malformed("ktd", "delta_shape_data_mismatch_is_malformed"),
+    NonFinite { .. } => malformed("ktd", "delta_nan_and_infinite_tensors_are_non_finite"),
+    DuplicateName { .. } => malformed("ktd", "delta_duplicate_tensor_names_are_refused"),
+    BadName { .. } => malformed("ktd", "delta_empty_or_nul_containing_names_are_bad_names"),
+    WrongBase { .. } => malformed("ktd", "delta_for_another_base_is_wrong_base"),
 });
 
 table!(import_rows, ImportError {
-    Config(..) => malformed("config_json_malformed_out_of_range_or_unknown_is_refused"),
-    UnsupportedArchitecture(..) => malformed("config_json_malformed_out_of_range_or_unknown_is_refused"),
+    Config(..) => malformed("imports", "config_json_malformed_out_of_range_or_unknown_is_refused"),
+    UnsupportedArchitecture(..) => malformed("imports", "config_json_malformed_out_of_range_or_unknown_is_refused"),
     MissingTensor(..) => By::Test("runtime/src/import/tests.rs", "missing_and_misshapen_tensors_name_the_tensor"),
     TensorShape { .. } => By::Test("runtime/src/import/tests.rs", "missing_and_misshapen_tensors_name_the_tensor"),
-    Safetensors(..) => malformed("safetensors_u64_max_header_length_is_refused"),
-    Gguf(..) => malformed("gguf_wrong_magic_or_empty_file_is_bad_magic"),
+    Safetensors(..) => malformed("imports", "safetensors_u64_max_header_length_is_refused"),
+    Gguf(..) => malformed("imports", "gguf_wrong_magic_or_empty_file_is_bad_magic"),
 });
 
 table!(merge_rows, MergeError {
-    AsymmetricInt8 { .. } => malformed("merge_requantizing_an_asymmetric_int8_weight_is_refused"),
+    AsymmetricInt8 { .. } => malformed("other", "merge_requantizing_an_asymmetric_int8_weight_is_refused"),
     Irreversible { .. } => By::Test("runtime/src/peft/merge/tests.rs", "requantizing_reports_its_error_correctly"),
     OnnxLayout { .. } => By::Test("runtime/src/peft/merge/tests.rs", "the_wrong_file_is_a_layout_error"),
-    Head(..) => malformed("merge_head_without_its_tensors_is_a_head_error"),
+    Head(..) => malformed("other", "merge_head_without_its_tensors_is_a_head_error"),
 });
 
 const PEFT_TESTS: &str = "runtime/src/delta/peft_interop/tests.rs";
 
 table!(peft_rows, PeftInteropError {
-    Io { .. } => malformed("peft_adapter_missing_files_are_io"),
-    TooLarge { .. } => malformed("peft_adapter_oversized_files_are_too_large_before_they_are_read"),
-    Json { .. } => malformed("peft_adapter_bad_json_config_is_json"),
-    Safetensors { .. } => malformed("peft_adapter_u64_max_header_length_is_a_safetensors_error"),
-    Unsupported { .. } => malformed("peft_adapter_unsupported_feature_is_unsupported"),
+    Io { .. } => malformed("imports", "peft_adapter_missing_files_are_io"),
+    TooLarge { .. } => malformed("imports", "peft_adapter_oversized_files_are_too_large_before_they_are_read"),
+    Json { .. } => malformed("imports", "peft_adapter_bad_json_config_is_json"),
+    Safetensors { .. } => malformed("imports", "peft_adapter_u64_max_header_length_is_a_safetensors_error"),
+    Unsupported { .. } => malformed("imports", "peft_adapter_unsupported_feature_is_unsupported"),
     UnexpectedTensor { .. } => By::Test(PEFT_TESTS, "peft_interop_refuses_unknown_ambiguous_and_stray_tensors"),
     UnknownModule { .. } => By::Test(PEFT_TESTS, "peft_interop_refuses_unknown_ambiguous_and_stray_tensors"),
     AmbiguousModule { .. } => By::Test(PEFT_TESTS, "peft_interop_refuses_unknown_ambiguous_and_stray_tensors"),
     Shape { .. } => By::Test(PEFT_TESTS, "peft_interop_refuses_bad_shapes_and_lone_factors"),
     MissingPair { .. } => By::Test(PEFT_TESTS, "peft_interop_refuses_bad_shapes_and_lone_factors"),
-    InvalidConfig(..) => malformed("peft_adapter_out_of_range_config_is_invalid_config"),
-    Delta(..) => malformed("peft_adapter_nan_weight_is_a_non_finite_delta"),
+    InvalidConfig(..) => malformed("imports", "peft_adapter_out_of_range_config_is_invalid_config"),
+    Delta(..) => malformed("imports", "peft_adapter_nan_weight_is_a_non_finite_delta"),
 });
 
 const HOSTILE: &str = "runtime/src/import/gguf/tests/hostile.rs";
 const GGUF_LLAMA: &str = "runtime/src/import/gguf/tests/llama.rs";
 
 table!(gguf_rows, GgufError {
-    BadMagic { .. } => malformed("gguf_wrong_magic_or_empty_file_is_bad_magic"),
-    UnsupportedVersion { .. } => malformed("gguf_unknown_version_is_unsupported"),
-    Truncated { .. } => malformed("gguf_truncated_header_is_truncated"),
-    StringPastEnd { .. } => malformed("gguf_u64_max_counts_and_lengths_are_refused_before_reserving"),
-    CountPastEnd { .. } => malformed("gguf_u64_max_counts_and_lengths_are_refused_before_reserving"),
+    BadMagic { .. } => malformed("imports", "gguf_wrong_magic_or_empty_file_is_bad_magic"),
+    UnsupportedVersion { .. } => malformed("imports", "gguf_unknown_version_is_unsupported"),
+    Truncated { .. } => malformed("imports", "gguf_truncated_header_is_truncated"),
+    StringPastEnd { .. } => malformed("imports", "gguf_u64_max_counts_and_lengths_are_refused_before_reserving"),
+    CountPastEnd { .. } => malformed("imports", "gguf_u64_max_counts_and_lengths_are_refused_before_reserving"),
     NonUtf8 { .. } => By::Test(HOSTILE, "non_utf8_strings"),
     BadValueType { .. } => By::Test(HOSTILE, "bad_type_ids_and_bools"),
     BadBool { .. } => By::Test(HOSTILE, "bad_type_ids_and_bools"),
