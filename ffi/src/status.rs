@@ -154,7 +154,8 @@ impl From<DeltaError> for Failure {
 pub fn status_of(e: &Error) -> Status {
     match e {
         Error::Io { .. } => Status::Io,
-        Error::Protobuf(_)
+        Error::TooLarge { .. }
+        | Error::Protobuf(_)
         | Error::UnsupportedOp { .. }
         | Error::UnsupportedAttribute { .. }
         | Error::InvalidModel(_)
@@ -214,6 +215,113 @@ mod tests {
         }
         assert_eq!(Status::from_code(12), None);
         assert_eq!(Status::from_code(-1), None);
+    }
+
+    /// Where each status is returned by a real call and asserted: a test here, or a check in the
+    /// C programs (`ffi/tests/c`, run by `tests/c_programs.rs`). Exhaustive, with no wildcard,
+    /// so a new status does not compile until it names its test.
+    fn asserted_in(s: Status) -> Option<(&'static str, &'static str)> {
+        const JOURNEY: &str = "tests/c/journey.c";
+        const HERE: &str = "the test below";
+        const BOUNDARY: &str = "src/boundary.rs";
+        match s {
+            Status::Ok => Some((HERE, "Some(Status::Ok)")),
+            Status::NullArgument => Some((JOURNEY, "== KT_ERR_NULL_ARGUMENT")),
+            Status::InvalidArgument => Some((JOURNEY, "== KT_ERR_INVALID_ARGUMENT")),
+            Status::Config => Some((JOURNEY, "== KT_ERR_CONFIG")),
+            Status::Io => Some((HERE, "Some(Status::Io)")),
+            Status::Model => Some((HERE, "Some(Status::Model)")),
+            Status::Input => Some((JOURNEY, "== KT_ERR_INPUT")),
+            Status::DeltaCorrupt => Some((HERE, "Some(Status::DeltaCorrupt)")),
+            Status::DeltaVersion => Some((HERE, "Some(Status::DeltaVersion)")),
+            Status::DeltaWrongBase => Some((HERE, "Some(Status::DeltaWrongBase)")),
+            Status::Panic => Some((BOUNDARY, "assert_eq!(status, Status::Panic as kt_status)")),
+            // Returned for runtime errors the C API cannot meet (merging, importing, optional
+            // backends) and for broken internal invariants: no input reaches it.
+            Status::Internal => None,
+        }
+    }
+
+    #[test]
+    fn every_status_is_returned_by_a_real_call_in_some_test() {
+        let this = include_str!("status.rs");
+        // The test below, not this table (which holds the same strings).
+        let below = &this[this.rfind("fn loads_return_the_status_of_their_failure(").expect("defined below")..];
+        let source = |name: &str| match name {
+            "tests/c/journey.c" => include_str!("../tests/c/journey.c"),
+            "src/boundary.rs" => include_str!("boundary.rs"),
+            _ => below,
+        };
+        let unreached: Vec<Status> = Status::ALL.into_iter().filter(|&s| asserted_in(s).is_none()).collect();
+        assert_eq!(unreached, [Status::Internal]);
+        for s in Status::ALL {
+            if let Some((file, needle)) = asserted_in(s) {
+                assert!(source(file).contains(needle), "{s:?}: `{needle}` is not asserted in {file}");
+            }
+        }
+    }
+
+    #[test]
+    fn loads_return_the_status_of_their_failure() {
+        use std::ffi::CString;
+
+        use kilotune::delta::{self, Delta, NamedTensor, Precision, TrainingSummary};
+
+        use crate::c::base::{kt_base_free, kt_base_load, kt_base_load_bytes};
+        use crate::c::delta::{kt_delta_free, kt_delta_load};
+        use crate::c::KT_WEIGHTS_AS_SHIPPED;
+
+        let dir = std::env::temp_dir().join(format!("kilotune-ffi-status-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("writable");
+        let c = |p: &std::path::Path| CString::new(p.to_str().expect("UTF-8 path")).expect("no NUL");
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-bert.dynamo.onnx");
+        let mut base = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated path and a valid out-pointer.
+        let ok = unsafe { kt_base_load(c(&fixture).as_ptr(), KT_WEIGHTS_AS_SHIPPED, &mut base) };
+        assert_eq!(Status::from_code(ok), Some(Status::Ok));
+        let mut none = std::ptr::null_mut();
+        // SAFETY: as above; the file does not exist.
+        let io = unsafe { kt_base_load(c(&dir.join("missing.onnx")).as_ptr(), KT_WEIGHTS_AS_SHIPPED, &mut none) };
+        assert_eq!(Status::from_code(io), Some(Status::Io));
+        let garbage = [0xffu8; 64];
+        // SAFETY: 64 readable bytes and a valid out-pointer.
+        let model = unsafe { kt_base_load_bytes(garbage.as_ptr(), garbage.len(), KT_WEIGHTS_AS_SHIPPED, &mut none) };
+        assert_eq!(Status::from_code(model), Some(Status::Model));
+        assert!(none.is_null(), "out-parameters are written only on success");
+
+        // SAFETY: `base` was just loaded.
+        let fingerprint = unsafe { &*base }.base.fingerprint();
+        let d = Delta {
+            base_fingerprint: fingerprint,
+            method: Default::default(),
+            head: None,
+            tensors: vec![NamedTensor::f32("m.lora_A", &[1, 2], vec![0.5, -0.5])],
+            summary: TrainingSummary::default(),
+        };
+        let good = delta::to_bytes(&d, Precision::F32).expect("encodes");
+        let status_of_file = |bytes: &[u8]| {
+            let path = dir.join("user.ktd");
+            std::fs::write(&path, bytes).expect("writable");
+            let mut out = std::ptr::null_mut();
+            // SAFETY: a live base, a NUL-terminated path and a valid out-pointer.
+            let s = unsafe { kt_delta_load(base, c(&path).as_ptr(), &mut out) };
+            // SAFETY: `out` is NULL or the delta just loaded.
+            unsafe { kt_delta_free(out) };
+            Status::from_code(s)
+        };
+        assert_eq!(status_of_file(&good), Some(Status::Ok));
+        let mut flipped = good.clone();
+        flipped[30] ^= 1;
+        assert_eq!(status_of_file(&flipped), Some(Status::DeltaCorrupt));
+        let mut version = good.clone();
+        version[8] = 9;
+        assert_eq!(status_of_file(&version), Some(Status::DeltaVersion));
+        let mut other = d.clone();
+        other.base_fingerprint[0] ^= 1;
+        assert_eq!(status_of_file(&delta::to_bytes(&other, Precision::F32).expect("encodes")), Some(Status::DeltaWrongBase));
+        // SAFETY: `base` is live and freed once.
+        unsafe { kt_base_free(base) };
+        std::fs::remove_dir_all(&dir).expect("removable");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`Base`]: a frozen model, loaded once, fused, optionally quantized, and shared read-only by
 //! every session (and later every trainer) through an `Arc`.
 
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -57,15 +58,18 @@ impl Base {
     pub fn load(path: impl AsRef<Path>, options: LoadOptions) -> Result<Arc<Base>> {
         let path = path.as_ref();
         let io = |source| Error::Io { path: path.to_owned(), source };
+        let limit = options.max_file_bytes;
         let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > options.max_file_bytes {
-            return Err(Error::InvalidModel(format!(
-                "{} is {len} bytes, over the limit of {}",
-                path.display(),
-                options.max_file_bytes
-            )));
+        if len > limit {
+            return Err(Error::TooLarge { size: len, limit });
         }
-        let bytes = std::fs::read(path).map_err(io)?;
+        // Read at most one byte past the limit: a file that grows after the check above is
+        // still refused, and never read whole.
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        std::fs::File::open(path).and_then(|f| f.take(limit.saturating_add(1)).read_to_end(&mut bytes)).map_err(io)?;
+        if bytes.len() as u64 > limit {
+            return Err(Error::TooLarge { size: limit + 1, limit });
+        }
         let dir = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
         // The file's bytes go as soon as they are decoded, and each initializer's decoded bytes
         // as soon as it is converted, so loading peaks near two copies of the weights, not three.
@@ -78,7 +82,7 @@ impl Base {
     /// Loads an ONNX model from bytes (external data is refused: there is no folder).
     pub fn from_bytes(bytes: &[u8], options: LoadOptions) -> Result<Arc<Base>> {
         if bytes.len() as u64 > options.max_file_bytes {
-            return Err(Error::InvalidModel(format!("{} bytes, over the limit", bytes.len())));
+            return Err(Error::TooLarge { size: bytes.len() as u64, limit: options.max_file_bytes });
         }
         Self::build(bytes, None, &options)
     }

@@ -15,6 +15,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A model file (or buffer) is larger than [`LoadOptions::max_file_bytes`](crate::LoadOptions):
+    /// refused before any of it is parsed.
+    #[error("model is {size} bytes or more, over the limit of {limit}")]
+    TooLarge {
+        /// The size seen: the exact length, or `limit + 1` when reading stopped at the limit.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
     /// The bytes are not a well-formed ONNX protobuf.
     #[error("malformed ONNX protobuf: {0}")]
     Protobuf(String),

@@ -14,6 +14,8 @@ pub mod backend;
 pub mod base;
 pub mod delta;
 pub mod error;
+#[cfg(test)]
+mod error_coverage;
 pub mod fingerprint;
 #[cfg(test)]
 mod fuzz_seed;

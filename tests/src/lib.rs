@@ -64,3 +64,60 @@ pub fn min_cosine_masked(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
     }
     worst
 }
+
+/// A LoRA delta really trained on the tiny BERT fixture (r = 2 on query and value, a 2-class
+/// head, two seeded steps), for the malformed-input and allocation tests: the bytes they cut,
+/// flip and measure are a trainer's own output, not a hand-made sample.
+pub fn trained_tiny_bert_lora() -> (std::sync::Arc<kilotune::Base>, kilotune::delta::Delta) {
+    use kilotune::peft::{LoraConfig, PeftMethod, Pooling, TaskHead};
+    use kilotune::train::trainer::{Batch, TrainConfig, Trainer};
+    let base = kilotune::Base::load(fixtures().join("tiny-bert.dynamo.onnx"), kilotune::LoadOptions::default())
+        .expect("the tiny BERT fixture loads");
+    let (rows, seq) = (2, 5);
+    let ids: Vec<i64> = (0..rows * seq).map(|i| (i as i64 * 37 + 11) % 120 + 1).collect();
+    let batch = Batch::classification(
+        vec![
+            ("input_ids".into(), Tensor::new(&[rows, seq], ids).expect("shape fits")),
+            ("attention_mask".into(), Tensor::new(&[rows, seq], vec![1i64; rows * seq]).expect("shape fits")),
+            ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).expect("shape fits")),
+        ],
+        vec![0, 1],
+    );
+    let method = PeftMethod::Lora(LoraConfig { r: 2, alpha: 4.0, ..Default::default() });
+    let head = TaskHead::Classification { classes: 2, pooling: Pooling::Mean };
+    let mut config = TrainConfig { seed: 5, threads: 1, ..Default::default() };
+    config.optimizer.lr = 1e-2;
+    let mut trainer = Trainer::new(base.clone(), method, head, config).expect("LoRA fits the tiny BERT");
+    for _ in 0..2 {
+        trainer.step(&batch).expect("a step on a well-formed batch");
+    }
+    let delta = trainer.delta();
+    (base, delta)
+}
+
+/// A scratch folder under the system's temporary folder, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new, empty folder whose name contains `tag` and the process id.
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("kilotune-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("the temporary folder is writable");
+        TempDir(p)
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 ///
 /// `dir` is the folder of the model file; `None` (a model loaded from bytes) refuses every
 /// external reference. The location must be relative, without `..`, and — after symlinks are
-/// resolved — still inside `dir`, so a model cannot read arbitrary files of the device.
+/// resolved — still inside `dir`; it must name a regular file with a single link (on Unix, where
+/// the link count is known), so a model cannot read arbitrary files of the device through a
+/// hard link either.
 pub fn read_external(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>> {
     let get = |k: &str| t.external_data.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let location = get("location").unwrap_or("");
@@ -40,7 +42,20 @@ pub fn read_external(t: &TensorProto, dir: Option<&Path>) -> Result<Vec<u8>> {
     };
     let offset = parse("offset")?.unwrap_or(0);
     let mut f = std::fs::File::open(&path).map_err(|e| fail(&format!("cannot open: {e}")))?;
-    let file_len = f.metadata().map_err(|e| fail(&e.to_string()))?.len();
+    let meta = f.metadata().map_err(|e| fail(&e.to_string()))?;
+    if !meta.is_file() {
+        // A FIFO or a device would block or never end.
+        return Err(fail("not a regular file"));
+    }
+    // A hard link has no "target" to resolve: the same file may also be reachable from
+    // anywhere else on the volume, e.g. an app's private data linked into a downloaded
+    // model's folder. Where the platform tells the link count, a file with more than one
+    // link is refused; a model's own data never needs a second name.
+    #[cfg(unix)]
+    if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return Err(fail("the file has other hard links, which may lie outside the model's folder"));
+    }
+    let file_len = meta.len();
     let length = match parse("length")? {
         Some(l) => l,
         None => file_len.checked_sub(offset).ok_or_else(|| fail("offset past the end of the file"))?,

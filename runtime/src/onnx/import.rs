@@ -321,9 +321,14 @@ fn import_with(model: &ModelProto, initializers: Vec<(String, Tensor)>, dir: Opt
     let mut g = Graph::default();
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut info = ImportInfo { opset, producer: model.producer_name.clone(), ..Default::default() };
+    // ONNX graphs are in SSA form: a second definition of a name would silently shadow the
+    // first (a hostile file could swap a weight this way), so it is refused.
+    let defined_twice = |name: &str| Error::InvalidModel(format!("value `{name}` is defined more than once"));
     for (name, tensor) in initializers {
         let id = g.add_value(name.clone(), Some(tensor));
-        ids.insert(name, id);
+        if ids.insert(name.clone(), id).is_some() {
+            return Err(defined_twice(&name));
+        }
     }
     for i in &model.graph.input {
         if ids.contains_key(&i.name) {
@@ -364,7 +369,9 @@ fn import_with(model: &ModelProto, initializers: Vec<(String, Tensor)>, dir: Opt
             };
             let out = node.output.first().ok_or_else(|| Error::InvalidModel(format!("Constant `{name}` has no output")))?;
             let id = g.add_value(out.clone(), Some(t));
-            ids.insert(out.clone(), id);
+            if ids.insert(out.clone(), id).is_some() {
+                return Err(defined_twice(out));
+            }
             continue;
         }
         let op = translate(node, opset, dir)?;
@@ -382,8 +389,8 @@ fn import_with(model: &ModelProto, initializers: Vec<(String, Tensor)>, dir: Opt
         let mut outputs = Vec::with_capacity(node.output.len());
         for o in &node.output {
             let id = g.add_value(o.clone(), None);
-            if !o.is_empty() {
-                ids.insert(o.clone(), id);
+            if !o.is_empty() && ids.insert(o.clone(), id).is_some() {
+                return Err(defined_twice(o));
             }
             outputs.push(id);
         }

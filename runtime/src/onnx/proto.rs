@@ -1,7 +1,8 @@
 //! The subset of ONNX's protobuf messages kilotune reads, decoded with [`super::wire`].
 //!
 //! Field numbers follow `onnx.proto` (IR version 10). Unknown fields are skipped, as protobuf
-//! requires; nested graphs (control flow) are refused, since no supported op carries one.
+//! requires. Nested graphs (control flow) are decoded only to bound their nesting
+//! ([`MAX_DEPTH`]) and then refused by the importer, since no supported op carries one.
 
 use super::wire::Reader;
 use crate::error::{Error, Result};
@@ -125,8 +126,9 @@ pub enum DimProto {
     Unknown,
 }
 
-/// How deep sub-messages may nest; ONNX models without control flow need under 10.
-const MAX_DEPTH: usize = 32;
+/// How deep sub-messages may nest; ONNX models without control flow need under 10, and each
+/// level of subgraph (an `If` inside a `Loop` body...) adds 3.
+pub const MAX_DEPTH: usize = 32;
 
 fn deeper(depth: usize) -> Result<usize> {
     if depth >= MAX_DEPTH {
@@ -238,7 +240,13 @@ impl AttributeProto {
                 3 => a.i = f.int("i")?,
                 4 => a.s = f.bytes("s")?.to_vec(),
                 5 => a.t = Some(TensorProto::decode(f.bytes("t")?, depth)?),
-                6 | 11 => a.has_graph = true,
+                // Subgraphs (`If`, `Loop`, `Scan` bodies) are refused by the importer, but
+                // decoded here first so that their nesting is bounded like everything else's
+                // and a malformed one is reported as such.
+                6 | 11 => {
+                    GraphProto::decode(f.bytes("graph attribute")?, depth)?;
+                    a.has_graph = true;
+                }
                 7 => f.push_floats(&mut a.floats, "floats")?,
                 8 => f.push_ints(&mut a.ints, "ints")?,
                 20 => a.kind = f.int("type")?,

@@ -30,6 +30,12 @@ pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// The prefix PEFT puts before every module path in the weights file.
 pub const PEFT_PREFIX: &str = "base_model.model.";
+/// The largest `adapter_config.json` [`import_peft_adapter`] reads; real ones are about 1 KB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The largest `adapter_model.safetensors` [`import_peft_adapter`] reads: far above a LoRA
+/// adapter of any model a phone runs (MiniLM's rank-4 adapter is 150 KB).
+pub const MAX_WEIGHTS_BYTES: u64 = 4 << 30;
+
 /// What [`import_peft_adapter`] writes into [`TrainingSummary::kilotune_version`].
 pub const IMPORT_MARK: &str = "peft-import";
 
@@ -47,6 +53,17 @@ pub enum PeftInteropError {
         /// The operating system's reason.
         #[source]
         source: std::io::Error,
+    },
+    /// A file is larger than the importer reads ([`MAX_CONFIG_BYTES`], [`MAX_WEIGHTS_BYTES`]);
+    /// refused before it is read.
+    #[error("{path} is {size} bytes or more, over the limit of {limit}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size: the exact length, or `limit + 1` when reading stopped at the limit.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
     },
     /// `adapter_config.json` is not valid JSON, or a field has the wrong JSON type.
     #[error("{path}: {source}")]
@@ -269,6 +286,24 @@ fn to_f32(tensor: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
     })
 }
 
+/// Reads the file at `path` if it holds at most `limit` bytes. A larger one is refused from its
+/// metadata, and reading stops one byte past the limit should it grow meanwhile.
+fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| PeftInteropError::Io { action: "read", path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > limit {
+        return Err(PeftInteropError::TooLarge { path: path.to_owned(), size: len, limit });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(PeftInteropError::TooLarge { path: path.to_owned(), size: limit + 1, limit });
+    }
+    Ok(bytes)
+}
+
 /// The one base `Linear` whose module is `path` or ends with `"." + path`: (module, k, n).
 fn find_linear(base: &Base, path: &str, tensor: &str) -> Result<(String, usize, usize)> {
     let mut found: Vec<(String, usize, usize)> = Vec::new();
@@ -295,22 +330,20 @@ fn find_linear(base: &Base, path: &str, tensor: &str) -> Result<(String, usize, 
 /// The tensors are named `<base module>.lora_A` (`[r, k]`) and `<base module>.lora_B`
 /// (`[n, r]`), in f32 (f16 and bf16 are widened exactly), in the base's execution order.
 /// Every PEFT feature kilotune cannot compute is refused (see the module docs), as is any
-/// tensor that does not map to exactly one base `Linear` with matching sizes and rank.
+/// tensor that does not map to exactly one base `Linear` with matching sizes and rank. A file
+/// over [`MAX_CONFIG_BYTES`] or [`MAX_WEIGHTS_BYTES`] is refused with
+/// [`PeftInteropError::TooLarge`] before it is read.
 pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Result<Delta> {
     let config_path = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&config_path).map_err(|source| PeftInteropError::Io {
+    let text = String::from_utf8(read_bounded(&config_path, MAX_CONFIG_BYTES)?).map_err(|e| PeftInteropError::Io {
         action: "read",
         path: config_path.clone(),
-        source,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
     let AdapterConfig { mut lora, targets_from_tensors } = parse_config(&config_path, &text)?;
 
     let weights_path = dir.join(WEIGHTS_FILE);
-    let bytes = std::fs::read(&weights_path).map_err(|source| PeftInteropError::Io {
-        action: "read",
-        path: weights_path.clone(),
-        source,
-    })?;
+    let bytes = read_bounded(&weights_path, MAX_WEIGHTS_BYTES)?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|source| PeftInteropError::Safetensors { path: weights_path.clone(), source })?;
 
@@ -354,38 +387,33 @@ pub fn import_peft_adapter(dir: &Path, base: &Base, fingerprint: [u8; 32]) -> Re
 
     let mut pairs: Vec<(String, Pair)> = pairs.into_iter().collect();
     pairs.sort_by_key(|(m, p)| (p.order, m.clone()));
+    let peft_paths: Vec<String> = pairs.iter().map(|(_, p)| p.peft_path.clone()).collect();
     let mut tensors = Vec::with_capacity(pairs.len() * 2);
-    for (module, p) in &pairs {
-        let (Some((a_name, a_shape, a)), Some((b_name, b_shape, b))) = (&p.a, &p.b) else {
+    // By value: each factor's values move into the delta instead of being copied, so the
+    // import holds one f32 copy of the weights beside the file's bytes.
+    for (module, p) in pairs {
+        let (Some((a_name, a_shape, a)), Some((b_name, b_shape, b))) = (p.a, p.b) else {
             return Err(PeftInteropError::MissingPair { module: p.peft_path.clone() });
         };
-        if !targets_from_tensors && !lora.matches(module) {
+        if !targets_from_tensors && !lora.matches(&module) {
             return Err(unsupported(
                 "target_modules",
                 format!("{:?} does not cover `{}`, which the adapter adapts", lora.target_modules, p.peft_path),
             ));
         }
-        let r = lora.rank_for(module) as usize;
-        if *a_shape != [r, p.k] {
-            return Err(PeftInteropError::Shape {
-                tensor: a_name.clone(),
-                expected: vec![r, p.k],
-                found: a_shape.clone(),
-            });
+        let r = lora.rank_for(&module) as usize;
+        if a_shape != [r, p.k] {
+            return Err(PeftInteropError::Shape { tensor: a_name, expected: vec![r, p.k], found: a_shape });
         }
-        if *b_shape != [p.n, r] {
-            return Err(PeftInteropError::Shape {
-                tensor: b_name.clone(),
-                expected: vec![p.n, r],
-                found: b_shape.clone(),
-            });
+        if b_shape != [p.n, r] {
+            return Err(PeftInteropError::Shape { tensor: b_name, expected: vec![p.n, r], found: b_shape });
         }
         let dims = |s: &[usize]| s.iter().map(|&d| u32::try_from(d).unwrap_or(u32::MAX)).collect::<Vec<u32>>();
-        tensors.push(NamedTensor::f32(format!("{module}.lora_A"), &dims(a_shape), a.clone()));
-        tensors.push(NamedTensor::f32(format!("{module}.lora_B"), &dims(b_shape), b.clone()));
+        tensors.push(NamedTensor::f32(format!("{module}.lora_A"), &dims(&a_shape), a));
+        tensors.push(NamedTensor::f32(format!("{module}.lora_B"), &dims(&b_shape), b));
     }
     if targets_from_tensors {
-        lora.target_modules = pairs.iter().map(|(_, p)| p.peft_path.clone()).collect();
+        lora.target_modules = peft_paths;
     }
     lora.validate().map_err(|e| PeftInteropError::InvalidConfig(e.to_string()))?;
 

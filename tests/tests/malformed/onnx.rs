@@ -1,0 +1,231 @@
+//! Malformed input: ONNX models, their protobuf and their external data.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// ONNX: the file and its protobuf
+
+#[test]
+fn onnx_empty_file_is_a_protobuf_error() {
+    assert!(matches!(load_bytes(b""), Err(Error::Protobuf(m)) if m.contains("no graph")));
+    let dir = TempDir::new("malformed-onnx-empty");
+    assert!(matches!(load_in(dir.path(), b""), Err(Error::Protobuf(_))));
+}
+
+#[test]
+fn onnx_oversized_file_is_too_large_before_parsing() {
+    let dir = TempDir::new("malformed-onnx-large");
+    let path = dir.path().join("model.onnx");
+    // Not even protobuf: the size is refused before a byte is parsed.
+    std::fs::write(&path, vec![0xffu8; 5000]).expect("writable");
+    let options = LoadOptions { max_file_bytes: 4096, ..Default::default() };
+    assert!(matches!(Base::load(&path, options.clone()), Err(Error::TooLarge { size: 5000, limit: 4096 })));
+    assert!(matches!(Base::from_bytes(&[0xff; 5000], options), Err(Error::TooLarge { size: 5000, limit: 4096 })));
+}
+
+#[test]
+fn onnx_truncations_of_a_real_model_are_protobuf_or_invalid_model_errors() {
+    let bytes = std::fs::read(fixtures().join("tiny-bert.legacy.onnx")).expect("fixture");
+    let (mut protobuf, mut invalid) = (0, 0);
+    // 400 cuts spread over the file, plus the last 64 (the opset and metadata at the end).
+    let cuts = (0..400).map(|i| i * bytes.len() / 400).chain(bytes.len() - 64..bytes.len());
+    for cut in cuts {
+        match load_bytes(&bytes[..cut]) {
+            Err(Error::Protobuf(_)) => protobuf += 1,
+            // A cut between two top-level fields leaves well-formed protobuf without its opset.
+            Err(Error::InvalidModel(m)) if m.contains("opset") => invalid += 1,
+            other => panic!("cut at {cut} of {}: {:?}", bytes.len(), other.map(|_| "a base")),
+        }
+    }
+    assert!(protobuf > 400, "{protobuf} protobuf errors, {invalid} invalid models");
+}
+
+#[test]
+fn onnx_u64_max_length_is_a_protobuf_error() {
+    let mut m = Vec::new();
+    varint(7 << 3 | 2, &mut m); // graph, length-delimited
+    varint(u64::MAX, &mut m);
+    m.extend([0u8; 16]);
+    assert!(matches!(load_bytes(&m), Err(Error::Protobuf(msg)) if msg.contains("past the end")));
+}
+
+#[test]
+fn onnx_varint_overflow_is_a_protobuf_error() {
+    let mut m = vec![1 << 3]; // ir_version, a varint
+    m.extend([0xff; 9]);
+    m.push(0x7f); // the tenth byte carries more than the 64th bit
+    assert!(matches!(load_bytes(&m), Err(Error::Protobuf(msg)) if msg.contains("overflows")));
+    let mut m = vec![1 << 3];
+    m.extend([0x80; 10]);
+    assert!(matches!(load_bytes(&m), Err(Error::Protobuf(msg)) if msg.contains("varint")));
+}
+
+/// A graph attribute (`If`'s `then_branch`) whose graph holds another `If`, `depth` times.
+fn nested_if(depth: usize) -> Vec<u8> {
+    let mut g = graph(&[node("Relu", &["x"], &["y"], &[])], &[]);
+    for _ in 0..depth {
+        let mut a = Vec::new();
+        bytes_field(1, b"then_branch", &mut a);
+        bytes_field(6, &g, &mut a);
+        int_field(20, 5, &mut a); // GRAPH
+        g = graph(&[node("If", &["x"], &["y"], &[a])], &[]);
+    }
+    model_with(&g, 17)
+}
+
+#[test]
+fn onnx_nesting_beyond_the_bound_is_a_protobuf_error() {
+    assert_eq!(kilotune::onnx::proto::MAX_DEPTH, 32);
+    // One level of subgraph decodes and is refused as unsupported, as control flow is.
+    assert!(matches!(load_bytes(&nested_if(1)), Err(Error::UnsupportedAttribute { op, value, .. }) if op == "If" && value == "a subgraph"));
+    // Each subgraph level nests three messages (graph → node → attribute).
+    assert!(matches!(load_bytes(&nested_if(9)), Err(Error::UnsupportedAttribute { .. })));
+    assert!(matches!(load_bytes(&nested_if(11)), Err(Error::Protobuf(m)) if m.contains("nest deeper than 32")));
+    // Two thousand levels: refused at the bound, without recursing two thousand times.
+    assert!(matches!(load_bytes(&nested_if(2_000)), Err(Error::Protobuf(m)) if m.contains("nest deeper")));
+}
+
+#[test]
+fn onnx_unsupported_op_names_the_op_and_node() {
+    let m = model_with(&graph(&[node("NonMaxSuppression", &["x"], &["y"], &[])], &[]), 17);
+    assert!(matches!(load_bytes(&m), Err(Error::UnsupportedOp { op, node, opset: 17 }) if op == "NonMaxSuppression" && node == "NonMaxSuppression_node"));
+    let mut custom = node("Relu", &["x"], &["y"], &[]);
+    bytes_field(7, b"com.microsoft", &mut custom);
+    let m = model_with(&graph(&[custom], &[]), 17);
+    assert!(matches!(load_bytes(&m), Err(Error::UnsupportedOp { op, .. }) if op == "com.microsoft::Relu"));
+}
+
+#[test]
+fn onnx_unsupported_attribute_is_refused() {
+    let mut a = Vec::new();
+    bytes_field(1, b"alpha", &mut a);
+    int_field(3, 3, &mut a);
+    let m = model_with(&graph(&[node("Relu", &["x"], &["y"], &[a])], &[]), 17);
+    assert!(matches!(load_bytes(&m), Err(Error::UnsupportedAttribute { attribute, .. }) if attribute == "alpha"));
+}
+
+#[test]
+fn onnx_unsupported_opset_is_an_invalid_model() {
+    for opset in [12, 22] {
+        let m = model_with(&graph(&[node("Relu", &["x"], &["y"], &[])], &[]), opset);
+        assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("opset")), "opset {opset}");
+    }
+}
+
+#[test]
+fn onnx_tensor_shape_overflow_is_an_invalid_model() {
+    let m = add_model(tensor("w", &[1 << 40, 1 << 40], Some(&f32_bytes(&[1.0; 4])), &[]));
+    assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("overflows")));
+    let m = add_model(tensor("w", &[-4], Some(&f32_bytes(&[1.0; 4])), &[]));
+    assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("negative")));
+}
+
+#[test]
+fn onnx_tensor_shape_data_mismatch_is_an_invalid_model() {
+    let m = add_model(tensor("w", &[4], Some(&f32_bytes(&[1.0; 3])), &[]));
+    assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("12 bytes of data for 4 elements")));
+    // The well-formed twin loads, so the refusal is about the mismatch.
+    assert!(load_bytes(&add_model(tensor("w", &[4], Some(&f32_bytes(&[1.0; 4])), &[]))).is_ok());
+}
+
+#[test]
+fn onnx_duplicate_value_names_are_an_invalid_model() {
+    let w = tensor("w", &[4], Some(&f32_bytes(&[1.0; 4])), &[]);
+    let m = model_with(&graph(&[node("Add", &["x", "w"], &["y"], &[])], &[w.clone(), w.clone()]), 17);
+    assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("`w` is defined more than once")));
+    // A node that redefines an initializer would shadow a weight.
+    let nodes = [node("Relu", &["x"], &["w"], &[]), node("Add", &["x", "w"], &["y"], &[])];
+    let m = model_with(&graph(&nodes, &[w]), 17);
+    assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("defined more than once")));
+}
+
+#[test]
+fn onnx_dangling_input_is_an_invalid_model() {
+    let m = model_with(&graph(&[node("Add", &["x", "nowhere"], &["y"], &[])], &[]), 17);
+    assert!(matches!(load_bytes(&m), Err(Error::InvalidModel(msg)) if msg.contains("nothing defines")));
+}
+
+#[test]
+fn onnx_missing_file_is_io() {
+    let dir = TempDir::new("malformed-onnx-missing");
+    let err = unwrap_err(Base::load(dir.path().join("none.onnx"), LoadOptions::default()));
+    assert!(matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// ONNX: external data
+
+#[test]
+fn onnx_external_data_inside_the_folder_loads() {
+    // The control for the refusals below: the same model with its data in its own folder.
+    let (_root, dir) = model_folder("malformed-ext-ok");
+    std::fs::write(dir.join("w.bin"), f32_bytes(&[1.0; 4])).expect("writable");
+    load_in(&dir, &external_model("w.bin", &[])).expect("external data in the model's folder loads");
+}
+
+#[test]
+fn onnx_external_data_absolute_path_is_refused() {
+    let (root, dir) = model_folder("malformed-ext-abs");
+    let secret = root.path().join("secret.bin");
+    let location = secret.to_str().expect("UTF-8 temp path");
+    let r = load_in(&dir, &external_model(location, &[]));
+    assert!(matches!(&r, Err(Error::ExternalData { tensor, location: l, reason }) if tensor == "w" && l == location && reason.contains("absolute")), "{:?}", r.map(|_| ()));
+}
+
+#[test]
+fn onnx_external_data_dot_dot_is_refused() {
+    let (_root, dir) = model_folder("malformed-ext-dotdot");
+    for location in ["../secret.bin", "sub/../../secret.bin", "./../secret.bin"] {
+        let reason = external_reason(load_in(&dir, &external_model(location, &[])));
+        assert!(reason.contains("`..`"), "{location}: {reason}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn onnx_external_data_symlinked_out_is_refused() {
+    let (root, dir) = model_folder("malformed-ext-symlink");
+    std::os::unix::fs::symlink(root.path().join("secret.bin"), dir.join("w.bin")).expect("symlinks work here");
+    let reason = external_reason(load_in(&dir, &external_model("w.bin", &[])));
+    assert!(reason.contains("outside the model's folder"), "{reason}");
+    // A symlinked folder too.
+    std::os::unix::fs::symlink(root.path(), dir.join("up")).expect("symlinks work here");
+    let reason = external_reason(load_in(&dir, &external_model("up/secret.bin", &[])));
+    assert!(reason.contains("outside the model's folder"), "{reason}");
+}
+
+#[cfg(unix)]
+#[test]
+fn onnx_external_data_hardlinked_out_is_refused() {
+    let (root, dir) = model_folder("malformed-ext-hardlink");
+    std::fs::hard_link(root.path().join("secret.bin"), dir.join("w.bin")).expect("hard links work here");
+    let reason = external_reason(load_in(&dir, &external_model("w.bin", &[])));
+    assert!(reason.contains("hard links"), "{reason}");
+}
+
+#[test]
+fn onnx_external_data_offset_or_length_past_the_end_is_refused() {
+    let (_root, dir) = model_folder("malformed-ext-offset");
+    std::fs::write(dir.join("w.bin"), f32_bytes(&[1.0; 4])).expect("writable");
+    let max = u64::MAX.to_string();
+    for extra in [
+        vec![("offset", "4"), ("length", "16")],
+        vec![("offset", "17")],
+        vec![("offset", max.as_str()), ("length", "16")],
+        vec![("length", max.as_str())],
+    ] {
+        let reason = external_reason(load_in(&dir, &external_model("w.bin", &extra)));
+        assert!(reason.contains("past the end"), "{extra:?}: {reason}");
+    }
+    let reason = external_reason(load_in(&dir, &external_model("w.bin", &[("offset", "-1")])));
+    assert!(reason.contains("bad offset"), "{reason}");
+}
+
+#[test]
+fn onnx_external_data_from_bytes_or_without_location_is_refused() {
+    let reason = external_reason(load_bytes(&external_model("w.bin", &[])));
+    assert!(reason.contains("from bytes"), "{reason}");
+    let (_root, dir) = model_folder("malformed-ext-noloc");
+    let reason = external_reason(load_in(&dir, &add_model(tensor("w", &[4], None, &[("offset", "0")]))));
+    assert!(reason.contains("no location"), "{reason}");
+}
