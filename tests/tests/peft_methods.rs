@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use kilotune::delta::{self, Precision};
+use kilotune::peft::diff_pruning::gate_eval;
 use kilotune::peft::merge::{merge, MergeOptions};
 use kilotune::peft::{AdapterActivation, AdapterConfig, AdapterPlacement, DiffPruningConfig, Ia3Config, MadxLanguageConfig, PeftMethod, Pooling, PrefixConfig, PromptConfig, TaskHead, TopLayersConfig};
 use kilotune::train::mlm::{mask_tokens, MaskingConfig};
@@ -289,6 +290,52 @@ fn diff_pruning_keeps_the_target_density_sparse_and_merges() {
     let unmerged = Session::with_delta(base.clone(), &d, SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap();
     let merged = Session::new(merge(&base, &d, &MergeOptions::default()).unwrap().0, SessionConfig { threads: 1 }).unwrap().run(&feed).unwrap();
     assert_eq!(unmerged.get("last_hidden_state").unwrap().to_f32_vec(), merged.get("last_hidden_state").unwrap().to_f32_vec());
+}
+
+/// With a schedule, diff pruning projects δ onto the L0 ball halfway through and fine-tunes the
+/// kept elements only (Guo et al.'s second phase): from then on the trainer trains exactly the
+/// sparse δ it saves, so its own evaluation and the saved delta's agree at every step, and the
+/// kept elements still move.
+#[test]
+fn diff_pruning_fine_tunes_the_projected_delta_in_its_second_half() {
+    let base = load("tiny-bert.dynamo.onnx");
+    let batch = bert_batch(3);
+    let mut c = config();
+    c.optimizer.schedule.total_steps = 8;
+    let mut t = Trainer::new(base.clone(), diff(0.05, 1.0), classify(), c).unwrap();
+    // δ as the weights see it: δ ⊙ z at the gates' evaluation value (pruned elements' δ may
+    // still drift under the optimizer's momentum, behind a gate that is shut).
+    let deltas = |t: &Trainer| -> Vec<f32> {
+        let names: Vec<String> = t.parameter_names().into_iter().filter(|n| n.ends_with(".diff")).collect();
+        names
+            .iter()
+            .flat_map(|n| {
+                let gates = t.parameter_values(&format!("{n}_log_alpha")).unwrap();
+                t.parameter_values(n).unwrap().iter().zip(gates).map(|(d, &la)| d * gate_eval(la)).collect::<Vec<f32>>()
+            })
+            .collect()
+    };
+    for _ in 0..4 {
+        t.step(&batch).unwrap();
+    }
+    let dense = deltas(&t);
+    let want = (0.05 * dense.len() as f64).ceil() as usize;
+    assert!(dense.iter().filter(|x| **x != 0.0).count() > 2 * want, "the first half trains a dense δ");
+    t.step(&batch).unwrap(); // projects, then steps
+    let projected = deltas(&t);
+    let kept = projected.iter().filter(|x| **x != 0.0).count();
+    assert!(kept >= want / 2 && kept <= want + 2, "kept {kept}, want {want}");
+    for _ in 0..3 {
+        t.step(&batch).unwrap();
+        let now = deltas(&t);
+        // Pruned elements stay exactly zero.
+        assert!(now.iter().zip(&projected).all(|(a, b)| *b != 0.0 || *a == 0.0));
+        let d = t.delta();
+        let session = TaskSession::new(base.clone(), &d, SessionConfig { threads: 1 }).unwrap();
+        assert_eq!(session.evaluate(std::slice::from_ref(&batch)).unwrap(), t.evaluate(std::slice::from_ref(&batch)).unwrap());
+    }
+    let last = deltas(&t);
+    assert!(last.iter().zip(&projected).any(|(a, b)| *b != 0.0 && a != b), "the kept elements are fine-tuned");
 }
 
 #[test]

@@ -69,6 +69,38 @@ pub(crate) fn chain(c: &DiffPruningConfig, params: &[Param], grads: &mut [Vec<f3
     }
 }
 
+/// Guo et al.'s second phase: the projection onto the L0 ball made once, halfway through a
+/// scheduled run, so the remaining steps fine-tune the δ that will be saved rather than a
+/// dense one that the final projection would cut. Each kept element's δ takes its gate's
+/// evaluation value folded in and its gate is pinned open (`log α = +20`: every sampled and
+/// evaluated gate is exactly 1, its gradient 0); every other element's δ is zeroed and its
+/// gate pinned shut (`log α = −20`: every gate exactly 0, so its δ no longer reaches the
+/// weights or gets a gradient). Returns the number of elements kept.
+pub(crate) fn project(c: &DiffPruningConfig, params: &mut [Param]) -> usize {
+    let ps: Vec<(usize, usize)> = pairs(params).into_iter().map(|(d, a, _)| (d, a)).collect();
+    let scores: Vec<f32> = ps.iter().flat_map(|&(d, a)| params[d].values.iter().zip(&params[a].values).map(|(&x, &la)| (x * gate_eval(la)).abs()).collect::<Vec<_>>()).collect();
+    let keep = (f64::from(c.density) * scores.len() as f64).ceil() as usize;
+    let threshold = top_k_threshold(&scores, keep);
+    let mut kept = 0;
+    for (d, a) in ps {
+        let (lo, hi) = params.split_at_mut(a);
+        for (x, la) in lo[d].values.iter_mut().zip(hi[0].values.iter_mut()) {
+            let v = *x * gate_eval(*la);
+            if v.abs() >= threshold && v != 0.0 {
+                (*x, *la) = (v, PINNED);
+                kept += 1;
+            } else {
+                (*x, *la) = (0.0, -PINNED);
+            }
+        }
+    }
+    kept
+}
+
+/// The `log α` that pins a gate (open, or shut when negated): far past the hard-concrete's
+/// stretch for any noise the 24-bit sampler draws.
+const PINNED: f32 = 20.0;
+
 /// The saved δ: gates at their evaluation value, then only the `density` share of largest
 /// `|δ ⊙ z|` over every targeted weight, as `<module>.diff_index` / `.diff_value`.
 pub(crate) fn sparse_delta(c: &DiffPruningConfig, params: &[Param]) -> Vec<NamedTensor> {

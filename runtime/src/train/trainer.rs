@@ -283,6 +283,7 @@ impl Trainer {
     /// rolls the trainer back to its last good parameters and optimizer state. The report
     /// says which; [`Trainer::guard_stats`] counts them.
     pub fn step(&mut self, batch: &Batch) -> Result<StepReport> {
+        self.diff_pruning_phase()?;
         let (r, mut grads, tokens) = self.loss_and_grads(batch)?;
         self.bytes_per_token = Some(r.usage.full as f64 / tokens.max(1) as f64);
         self.last_usage = r.usage;
@@ -368,6 +369,22 @@ impl Trainer {
             return Err(Error::Config(format!("parameter `{name}` has {} values, not {}", p.values.len(), values.len())));
         }
         p.values = values;
+        self.refresh()
+    }
+
+    /// Diff pruning with a schedule (`total_steps` > 0): halfway through, projects δ onto the
+    /// L0 ball once ([`super::diff::project`]), so the second half fine-tunes the sparse δ
+    /// that is saved (Guo et al.'s two phases). The projected values become the last good
+    /// ones. Without a schedule, the projection happens only when the delta is made.
+    fn diff_pruning_phase(&mut self) -> Result<()> {
+        let PeftMethod::DiffPruning(c) = &self.method else { return Ok(()) };
+        let total = self.optimizer.config().schedule.total_steps;
+        if total == 0 || self.steps != total / 2 {
+            return Ok(());
+        }
+        let c = c.clone();
+        super::diff::project(&c, &mut self.params);
+        self.keep_as_good();
         self.refresh()
     }
 
