@@ -121,3 +121,28 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A minimal protobuf writer, enough to build hostile ONNX models by hand.
+pub mod pb {
+    /// A base-128 varint.
+    pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Field `n` as length-delimited bytes.
+    pub fn bytes_field(n: u32, b: &[u8], out: &mut Vec<u8>) {
+        varint(u64::from(n << 3 | 2), out);
+        varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+
+    /// Field `n` as a varint (negative values as protobuf writes an `int64`).
+    pub fn int_field(n: u32, v: i64, out: &mut Vec<u8>) {
+        varint(u64::from(n << 3), out);
+        varint(v as u64, out);
+    }
+}

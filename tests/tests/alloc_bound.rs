@@ -153,22 +153,8 @@ fn big_onnx(n: usize) -> Vec<u8> {
 
 /// `y = x + w` with `w` declared as `dim` floats and holding `n`.
 fn onnx_add(dim: u64, n: usize) -> Vec<u8> {
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    fn field(f: u32, b: &[u8], out: &mut Vec<u8>) {
-        varint(u64::from(f << 3 | 2), out);
-        varint(b.len() as u64, out);
-        out.extend_from_slice(b);
-    }
-    fn int(f: u32, v: u64, out: &mut Vec<u8>) {
-        varint(u64::from(f << 3), out);
-        varint(v, out);
-    }
+    use kilotune_tests::pb::bytes_field as field;
+    let int = |f: u32, v: u64, out: &mut Vec<u8>| kilotune_tests::pb::int_field(f, v as i64, out);
     let value_info = |name: &str| {
         let (mut dim, mut shape, mut tensor, mut ty, mut v) = (vec![], vec![], vec![], vec![], vec![]);
         int(1, n as u64, &mut dim);

@@ -58,6 +58,12 @@ fn bcast(a: &[SymDim], b: &[SymDim]) -> Option<Vec<SymDim>> {
         .collect()
 }
 
+/// Whether `p` holds each of `0..rank` exactly once.
+fn is_permutation(p: &[usize], rank: usize) -> bool {
+    let mut seen = vec![false; rank];
+    p.len() == rank && p.iter().all(|&i| i < rank && !std::mem::replace(&mut seen[i], true))
+}
+
 fn norm_axis(a: i64, rank: usize) -> Option<usize> {
     let a = if a < 0 { a + rank as i64 } else { a };
     (0..rank as i64).contains(&a).then_some(a as usize)
@@ -278,6 +284,11 @@ fn infer(g: &Graph) -> Vec<Facts> {
                         Some(_) => ct(4)?,
                         None => vec![known(1); starts.len()],
                     };
+                    // A malformed model may give lists of different lengths: no fact then (the op
+                    // refuses it when it runs).
+                    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+                        return None;
+                    }
                     for k in 0..starts.len() {
                         let SymDim::Known(a) = axes[k] else { return None };
                         let ax = norm_axis(a, s.len())?;
@@ -311,7 +322,8 @@ fn infer(g: &Graph) -> Vec<Facts> {
                 }
                 _ => None,
             }, None),
-            Op::Transpose(Some(p)) => (sh(0).and_then(|s| (s.len() == p.len()).then(|| p.iter().map(|&i| s[i]).collect())), None),
+            // Only a true permutation of the axes: the op itself refuses any other at run time.
+            Op::Transpose(Some(p)) => (sh(0).and_then(|s| is_permutation(p, s.len()).then(|| p.iter().map(|&i| s[i]).collect())), None),
             Op::Reshape { allowzero } => (match (sh(0), ct(1)) {
                 (Some(s), Some(t)) => reshape(&s, &t, *allowzero),
                 _ => None,

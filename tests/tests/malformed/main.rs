@@ -65,26 +65,8 @@ fn small_delta() -> Delta {
     trained().1
 }
 
-// A minimal protobuf writer, enough to build hostile ONNX models by hand.
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn bytes_field(n: u32, b: &[u8], out: &mut Vec<u8>) {
-    varint(u64::from(n << 3 | 2), out);
-    varint(b.len() as u64, out);
-    out.extend_from_slice(b);
-}
-
-fn int_field(n: u32, v: i64, out: &mut Vec<u8>) {
-    varint(u64::from(n << 3), out);
-    varint(v as u64, out);
-}
+// Hostile ONNX models are built by hand with the tests crate's protobuf writer.
+use kilotune_tests::pb::{bytes_field, int_field, varint};
 
 fn value_info(name: &str) -> Vec<u8> {
     let mut dim = Vec::new();

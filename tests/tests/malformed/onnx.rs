@@ -229,3 +229,21 @@ fn onnx_external_data_from_bytes_or_without_location_is_refused() {
     let reason = external_reason(load_in(&dir, &add_model(tensor("w", &[4], None, &[("offset", "0")]))));
     assert!(reason.contains("no location"), "{reason}");
 }
+
+/// Found by the `onnx` fuzz target: a `Transpose` whose `perm` names an axis past its input's
+/// rank made shape folding index out of bounds (a panic) before the op could refuse it. Shape
+/// folding now leaves such a node alone; the load either succeeds (the op refuses the perm
+/// when it runs) or is a typed error, never a panic.
+#[test]
+fn onnx_transpose_perm_past_the_rank_found_by_fuzzing_is_no_panic() {
+    let bytes = std::fs::read(fixtures().join("fuzz/onnx-transpose-perm-out-of-range.bin")).expect("fixture");
+    let r = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default()));
+    let loaded = r.expect("loading the fuzzer's input panicked");
+    match loaded {
+        Ok(base) => {
+            let perms: Vec<Vec<usize>> = base.graph().nodes.iter().filter_map(|n| match &n.op { kilotune::ops::Op::Transpose(Some(p)) => Some(p.clone()), _ => None }).collect();
+            assert!(perms.iter().any(|p| p.iter().any(|&i| i >= p.len())), "the fixture still holds its bad perm: {perms:?}");
+        }
+        Err(e) => assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. }), "{e:?}"),
+    }
+}
