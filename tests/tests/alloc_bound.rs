@@ -2,7 +2,8 @@
 //! global allocator measures the peak heap of each load, which must stay within twice the
 //! input's size plus 1 MiB, for real files and for hostile headers that claim huge sizes.
 //!
-//! The measurements run one at a time (a lock), since the allocator counts every thread.
+//! The tests run one at a time (a lock held for the whole test, input preparation included),
+//! since the allocator counts every thread.
 //! `cargo test -p kilotune-tests --test alloc_bound -- --nocapture --test-threads 1` prints
 //! the table in `docs/robustness.md`.
 
@@ -127,10 +128,11 @@ fn big_lora(base: &Base, r: u32) -> Delta {
 
 #[test]
 fn delta_loads_within_twice_their_size() {
+    // Whole tests run one at a time: preparing one test\'s input allocates too.
+    let _guard = serial();
     let (base, trained) = trained_tiny_bert_lora();
     let big = big_lora(&base, 2048);
     let dir = TempDir::new("alloc-delta");
-    let _guard = serial();
     for (name, d) in [("trained LoRA", &trained), ("rank-2048 LoRA", &big)] {
         let path = dir.path().join("user.ktd");
         delta::save(d, &path, Precision::F32).expect("saves");
@@ -192,10 +194,11 @@ fn onnx_add(dim: u64, n: usize) -> Vec<u8> {
 
 #[test]
 fn onnx_parse_and_load_within_twice_their_size() {
+    // Whole tests run one at a time: preparing one test\'s input allocates too.
+    let _guard = serial();
     let dir = TempDir::new("alloc-onnx");
     let big = dir.path().join("big.onnx");
     std::fs::write(&big, big_onnx(4 << 20)).expect("writable"); // 16 MiB of weights
-    let _guard = serial();
     for path in [fixtures().join("tiny-bert.dynamo.onnx"), fixtures().join("tiny-llama.legacy.onnx"), big] {
         let name = path.file_name().and_then(|n| n.to_str()).expect("a file name").to_owned();
         let bytes = std::fs::read(&path).expect("readable");
@@ -212,6 +215,8 @@ fn onnx_parse_and_load_within_twice_their_size() {
 
 #[test]
 fn peft_adapter_import_within_twice_its_size() {
+    // Whole tests run one at a time: preparing one test\'s input allocates too.
+    let _guard = serial();
     let (base, _) = trained_tiny_bert_lora();
     let big = big_lora(&base, 2048);
     let dir = TempDir::new("alloc-peft");
@@ -221,7 +226,6 @@ fn peft_adapter_import_within_twice_its_size() {
         .iter()
         .map(|f| std::fs::metadata(dir.path().join(f)).expect("exported").len())
         .sum();
-    let _guard = serial();
     let (delta, peak) = peak_of(|| import_peft_adapter(dir.path(), &base, [0; 32]));
     assert_eq!(delta.expect("imports").tensors.len(), 8);
     bounded("import_peft_adapter, rank-2048 LoRA", len as usize, peak);
@@ -229,9 +233,10 @@ fn peft_adapter_import_within_twice_its_size() {
 
 #[test]
 fn hostile_sizes_are_refused_before_allocating() {
+    // Whole tests run one at a time: preparing one test\'s input allocates too.
+    let _guard = serial();
     let (_, trained) = trained_tiny_bert_lora();
     let good = delta::to_bytes(&trained, Precision::F32).expect("encodes");
-    let _guard = serial();
     let small = |what: &str, input: usize, peak: usize| {
         bounded(what, input, peak);
         // Not only within the bound: nowhere near what the header claims.
@@ -296,6 +301,7 @@ fn hostile_sizes_are_refused_before_allocating() {
 #[cfg(feature = "real-models")]
 #[test]
 fn real_model_loads_within_twice_their_size() {
+    // Whole tests run one at a time: preparing one test\'s input allocates too.
     let _guard = serial();
     for name in ["model.onnx", "model.int8.onnx"] {
         let path = kilotune_tests::shared().join("models/minilm-l6").join(name);
