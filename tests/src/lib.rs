@@ -65,6 +65,24 @@ pub fn min_cosine_masked(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
     worst
 }
 
+/// A BERT classification batch of `ids` (`[rows, seq]`): the last `pad` positions of the last
+/// row masked out, token types 0, and each row labelled 1 when its first id is at least
+/// `split`, else 0.
+pub fn bert_batch(ids: Vec<i64>, rows: usize, seq: usize, pad: usize, split: i64) -> kilotune::train::trainer::Batch {
+    assert_eq!(ids.len(), rows * seq, "bert_batch: ids are not rows × seq");
+    let mut mask = vec![1i64; rows * seq];
+    mask[rows * seq - pad..].fill(0);
+    let labels = (0..rows).map(|r| usize::from(ids[r * seq] >= split)).collect();
+    kilotune::train::trainer::Batch::classification(
+        vec![
+            ("input_ids".into(), Tensor::new(&[rows, seq], ids).expect("shape fits")),
+            ("attention_mask".into(), Tensor::new(&[rows, seq], mask).expect("shape fits")),
+            ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).expect("shape fits")),
+        ],
+        labels,
+    )
+}
+
 /// A LoRA delta really trained on the tiny BERT fixture (r = 2 on query and value, a 2-class
 /// head, two seeded steps), for the malformed-input and allocation tests: the bytes they cut,
 /// flip and measure are a trainer's own output, not a hand-made sample.

@@ -290,18 +290,7 @@ mod vulkan_training {
 
     fn bert_batch() -> Batch {
         let (rows, seq) = (4, 8);
-        let ids = ids(rows, seq, 120, 7);
-        let mut mask = vec![1i64; rows * seq];
-        mask[rows * seq - 3..].fill(0);
-        let labels = (0..rows).map(|r| usize::from(ids[r * seq] >= 60)).collect();
-        Batch::classification(
-            vec![
-                ("input_ids".into(), Tensor::new(&[rows, seq], ids).unwrap()),
-                ("attention_mask".into(), Tensor::new(&[rows, seq], mask).unwrap()),
-                ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).unwrap()),
-            ],
-            labels,
-        )
+        kilotune_tests::bert_batch(ids(rows, seq, 120, 7), rows, seq, 3, 60)
     }
 
     fn llama_batch() -> Batch {

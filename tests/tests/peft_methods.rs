@@ -38,17 +38,7 @@ fn bert_batch(seed: u64) -> Batch {
     let (rows, seq) = (3, 6);
     let mut rng = Lcg(seed);
     let ids: Vec<i64> = (0..rows * seq).map(|_| rng.next(127) as i64 + 1).collect();
-    let mut mask = vec![1i64; rows * seq];
-    mask[rows * seq - 2..].fill(0);
-    let labels = (0..rows).map(|r| usize::from(ids[r * seq] >= 64)).collect();
-    Batch::classification(
-        vec![
-            ("input_ids".into(), Tensor::new(&[rows, seq], ids).unwrap()),
-            ("attention_mask".into(), Tensor::new(&[rows, seq], mask).unwrap()),
-            ("token_type_ids".into(), Tensor::new(&[rows, seq], vec![0i64; rows * seq]).unwrap()),
-        ],
-        labels,
-    )
+    kilotune_tests::bert_batch(ids, rows, seq, 2, 64)
 }
 
 /// Two Llama rows of 6 tokens, the second left-padded by 2.
