@@ -248,7 +248,7 @@ fn infer(g: &Graph) -> Vec<Facts> {
                     match d {
                         [] => Some(known(1)),
                         [x] => Some(*x),
-                        _ => d.iter().try_fold(1i64, |acc, x| if let SymDim::Known(k) = x { Some(acc * k) } else { None }).map(known),
+                        _ => d.iter().try_fold(1i64, |acc, x| if let SymDim::Known(k) = x { acc.checked_mul(*k) } else { None }).map(known),
                     }
                 };
                 Some(vec![prod(&s[..a.min(s.len())])?, prod(&s[a.min(s.len())..])?])
@@ -360,7 +360,7 @@ fn arith(op: BinaryOp, x: SymDim, y: SymDim) -> Option<SymDim> {
         (BinaryOp::Add, K(a), K(b)) => K(a.checked_add(b)?),
         (BinaryOp::Sub, K(a), K(b)) => K(a.checked_sub(b)?),
         (BinaryOp::Mul, K(a), K(b)) => K(a.checked_mul(b)?),
-        (BinaryOp::Div, K(a), K(b)) if b != 0 => K(a / b),
+        (BinaryOp::Div, K(a), K(b)) => K(a.checked_div(b)?),
         (BinaryOp::Add, s, K(0)) | (BinaryOp::Add, K(0), s) | (BinaryOp::Sub, s, K(0)) => s,
         (BinaryOp::Mul, s, K(1)) | (BinaryOp::Mul, K(1), s) | (BinaryOp::Div, s, K(1)) => s,
         (BinaryOp::Max, K(a), K(b)) => K(a.max(b)),
@@ -390,10 +390,12 @@ fn reshape(s: &[SymDim], t: &[SymDim], allowzero: bool) -> Option<Vec<SymDim>> {
             if i == pos {
                 continue;
             }
-            match d {
-                SymDim::Known(k) => known_out *= k,
+            // A malformed model's sizes may be negative or overflow: no fact then.
+            match *d {
+                SymDim::Known(k) if k >= 0 => known_out = known_out.checked_mul(k)?,
+                SymDim::Known(_) => return None,
                 sym => {
-                    let j = rest.iter().position(|r| r == sym)?;
+                    let j = rest.iter().position(|r| *r == sym)?;
                     rest.remove(j);
                 }
             }
@@ -401,7 +403,7 @@ fn reshape(s: &[SymDim], t: &[SymDim], allowzero: bool) -> Option<Vec<SymDim>> {
         let mut known_in = 1i64;
         for r in rest {
             match r {
-                SymDim::Known(k) => known_in *= k,
+                SymDim::Known(k) if k >= 0 => known_in = known_in.checked_mul(k)?,
                 _ => return None,
             }
         }

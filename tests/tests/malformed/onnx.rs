@@ -247,3 +247,15 @@ fn onnx_transpose_perm_past_the_rank_found_by_fuzzing_is_no_panic() {
         Err(e) => assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. }), "{e:?}"),
     }
 }
+
+/// Found by the `onnx` fuzz target (after 199 k executions): a `Reshape` target whose sizes
+/// multiply past `i64` made shape folding overflow (a panic with overflow checks, a wrong
+/// shape without). Shape arithmetic is checked now, and negative sizes give no fact.
+#[test]
+fn onnx_reshape_sizes_overflowing_i64_found_by_fuzzing_are_no_panic() {
+    let bytes = std::fs::read(fixtures().join("fuzz/onnx-reshape-size-overflow.bin")).expect("fixture");
+    let loaded = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default())).expect("loading the fuzzer's input panicked");
+    if let Err(e) = loaded {
+        assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
+    }
+}
