@@ -296,7 +296,8 @@ fn infer(g: &Graph) -> Vec<Facts> {
                             return None;
                         }
                         s[ax] = match (s[ax], starts[k], ends[k]) {
-                            (SymDim::Known(d), SymDim::Known(b), SymDim::Known(e)) => {
+                            // (A negative size is a malformed model's: no fact.)
+                            (SymDim::Known(d), SymDim::Known(b), SymDim::Known(e)) if d >= 0 => {
                                 let fix = |v: i64| if v < 0 { v.saturating_add(d) } else { v }.clamp(0, d);
                                 known((fix(e) - fix(b)).max(0))
                             }
