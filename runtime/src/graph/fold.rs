@@ -6,7 +6,7 @@
 
 use super::{Graph, Patch};
 use crate::error::Result;
-use crate::ops::Op;
+use crate::ops::{budget, Op};
 use crate::tensor::{DType, Tensor};
 
 /// Constant folding stops at tensors larger than this (in elements), so a pass never
@@ -14,7 +14,14 @@ use crate::tensor::{DType, Tensor};
 const MAX_FOLDED: usize = 1 << 24;
 
 /// Evaluates every node whose inputs are all constants and turns its outputs into constants.
+///
+/// An op that would create more elements than the model's stored constants hold in all (or
+/// 2^20, whichever is more) is left to run: what folding makes at load is then bounded by the
+/// file (a dequantized or transposed weight is as large as the weight), and a few bytes that
+/// ask for a huge `ConstantOfShape` or broadcast allocate nothing until a run asks for it.
 pub fn fold_constants(g: &mut Graph) -> Result<()> {
+    let stored: usize = g.values.iter().filter_map(|v| v.constant.as_ref()).map(Tensor::len).sum();
+    let limit = stored.max(1 << 20).min(MAX_FOLDED);
     for i in 0..g.nodes.len() {
         let node = &g.nodes[i];
         let all_const = node.inputs.iter().all(|v| v.is_none_or(|v| g.values[v].constant.is_some()));
@@ -23,7 +30,11 @@ pub fn fold_constants(g: &mut Graph) -> Result<()> {
             continue;
         }
         let inputs: Vec<Option<&Tensor>> = node.inputs.iter().map(|v| v.and_then(|v| g.constant(v))).collect();
-        let outs = node.op.eval(&inputs, &node.name)?;
+        let (outs, too_large) = budget::with_limit(limit, || node.op.eval(&inputs, &node.name));
+        let outs = match outs {
+            Err(_) if too_large => continue,
+            r => r?,
+        };
         if outs.iter().any(|t| t.len() > MAX_FOLDED) {
             continue;
         }

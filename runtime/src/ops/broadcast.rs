@@ -84,7 +84,7 @@ pub fn binary<A: Copy, B: Copy, O>(a: &[A], ash: &[usize], b: &[B], bsh: &[usize
     let out = broadcast_shapes(ash, bsh).ok_or_else(|| {
         Error::InvalidModel(format!("shapes {ash:?} and {bsh:?} do not broadcast"))
     })?;
-    let n: usize = out.iter().product();
+    let n = super::budget::check(&out, "broadcast")?;
     // Fast paths: same shape, scalar operand, trailing-row broadcast.
     if ash == bsh {
         return Ok((out, a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()));

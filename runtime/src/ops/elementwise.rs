@@ -295,6 +295,7 @@ pub fn where_(cond: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         .ok_or_else(|| shape_err(format!("Where: {:?} and {:?} do not broadcast", x.shape(), y.shape())))?;
     let out = broadcast::broadcast_shapes(cond.shape(), &xy)
         .ok_or_else(|| shape_err(format!("Where: condition {:?} does not broadcast", cond.shape())))?;
+    super::budget::check(&out, "Where")?;
     let strides = [
         broadcast::broadcast_strides(cond.shape(), &out),
         broadcast::broadcast_strides(x.shape(), &out),

@@ -34,6 +34,7 @@ pub fn gather(x: &Tensor, indices: &Tensor, axis: i64) -> Result<Tensor> {
     let mut out: Vec<usize> = x.shape()[..axis].to_vec();
     out.extend_from_slice(indices.shape());
     out.extend_from_slice(&x.shape()[axis + 1..]);
+    super::budget::check(&out, "Gather")?;
     let out = shape_of(&out)?;
     let sh = x.shape();
     match x.data() {
@@ -127,6 +128,7 @@ pub fn gather_nd(x: &Tensor, indices: &Tensor, batch_dims: usize) -> Result<Tens
     let idx = indices.to_i64_vec("GatherND indices")?;
     let mut out: Vec<usize> = ish[..ish.len() - 1].to_vec();
     out.extend_from_slice(&x.shape()[r..]);
+    super::budget::check(&out, "GatherND")?;
     let out = shape_of(&out)?;
     let sh = x.shape();
     match x.data() {

@@ -33,7 +33,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let y = b.typed::<f32>("MatMul B")?;
     let batch = broadcast::broadcast_shapes(&ab, &bb).ok_or_else(|| shape_err(format!("MatMul batch {ab:?} vs {bb:?}")))?;
     let nb: usize = batch.iter().product();
-    let mut out = vec![0f32; nb * m * n];
+    let mut out = vec![0f32; super::budget::check(&[nb, m, n], "MatMul")?];
     // Offsets of each batch's matrices, with broadcasting.
     let sa = broadcast::broadcast_strides(&ab, &batch);
     let sb = broadcast::broadcast_strides(&bb, &batch);
@@ -86,7 +86,7 @@ pub fn matmul_integer(a: &Tensor, b: &Tensor, azp: Option<&Tensor>, bzp: Option<
         return Err(shape_err("MatMulInteger: b_zero_point must be scalar or per column"));
     }
     let nb: usize = ab.iter().product();
-    let mut out = vec![0i32; nb * m * n];
+    let mut out = vec![0i32; super::budget::check(&[nb, m, n], "MatMulInteger")?];
     for bi in 0..nb {
         for i in 0..m {
             for j in 0..n {

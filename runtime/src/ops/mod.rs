@@ -5,6 +5,7 @@
 pub mod attention;
 pub mod attention_prefix;
 pub mod broadcast;
+pub mod budget;
 pub mod elementwise;
 pub mod gather;
 pub mod invertible;

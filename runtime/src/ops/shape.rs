@@ -32,13 +32,13 @@ pub fn reshape(x: &Tensor, target: &Tensor, allowzero: bool) -> Result<Tensor> {
         }
     }
     if let Some(i) = infer {
-        let known: usize = out.iter().product();
+        let known = out.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(0);
         if known == 0 || !x.len().is_multiple_of(known) {
             return Err(shape_err(format!("Reshape: cannot infer -1 in {t:?} for {:?}", x.shape())));
         }
         out[i] = x.len() / known;
     }
-    if numel(&out) != x.len() {
+    if out.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(x.len()) {
         return Err(shape_err(format!("Reshape: {:?} cannot become {t:?}", x.shape())));
     }
     x.reshaped(shape_of(&out)?)
@@ -212,6 +212,7 @@ pub fn expand(x: &Tensor, target: &Tensor) -> Result<Tensor> {
         .collect::<Result<_>>()?;
     let out = broadcast::broadcast_shapes(x.shape(), &t)
         .ok_or_else(|| shape_err(format!("Expand: {:?} to {t:?}", x.shape())))?;
+    super::budget::check(&out, "Expand")?;
     if out.as_slice() == x.shape() {
         return Ok(x.clone());
     }
@@ -225,19 +226,16 @@ pub fn expand(x: &Tensor, target: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// The most elements a `Range` or `ConstantOfShape` may create, so a hostile model cannot
-/// ask for terabytes.
-const MAX_GENERATED: usize = 1 << 28;
-
 /// `Range(start, limit, delta)`.
 pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<Tensor> {
     match (start.data(), limit.data(), delta.data()) {
         (Data::F32(s), Data::F32(l), Data::F32(d)) => {
             let (s, l, d) = (s[0], l[0], d[0]);
             let n = ((l - s) / d).ceil().max(0.0) as usize;
-            if d == 0.0 || n > MAX_GENERATED {
-                return Err(shape_err("Range: bad delta or too many elements"));
+            if d == 0.0 {
+                return Err(shape_err("Range: delta 0"));
             }
+            super::budget::check(&[n], "Range")?;
             Ok(Tensor::from_parts(shape_of(&[n])?, (0..n).map(|i| s + i as f32 * d).collect()))
         }
         _ => {
@@ -251,9 +249,7 @@ pub fn range(start: &Tensor, limit: &Tensor, delta: &Tensor) -> Result<Tensor> {
             }
             let span = l.saturating_sub(s);
             let n = if (span > 0) == (d > 0) && span != 0 { (span.unsigned_abs().div_ceil(d.unsigned_abs())) as usize } else { 0 };
-            if n > MAX_GENERATED {
-                return Err(shape_err("Range: too many elements"));
-            }
+            super::budget::check(&[n], "Range")?;
             let v: Vec<i64> = (0..n as i64).map(|i| s + i * d).collect();
             let t = Tensor::from_parts(shape_of(&[n])?, v);
             Ok(if start.dtype() == crate::tensor::DType::I32 { super::elementwise::cast(&t, start.dtype()) } else { t })
@@ -268,8 +264,7 @@ pub fn constant_of_shape(shape: &Tensor, value: &Tensor) -> Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| shape_err("ConstantOfShape: negative dim")))
         .collect::<Result<_>>()?;
-    let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_GENERATED);
-    let n = n.ok_or_else(|| shape_err("ConstantOfShape: too many elements"))?;
+    let n = super::budget::check(&dims, "ConstantOfShape")?;
     let s = shape_of(&dims)?;
     Ok(match value.data() {
         Data::F32(v) => Tensor::from_parts(s, vec![v[0]; n]),

@@ -270,3 +270,36 @@ fn onnx_slice_of_a_negative_size_found_by_fuzzing_is_no_panic() {
         assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
     }
 }
+
+/// Found by the `onnx` fuzz target (after 211 k executions, in the run after the `Slice` fix):
+/// the `Reshape` op itself, run by constant folding, multiplied the known sizes of a target with
+/// a `-1` without an overflow check (a panic with debug assertions). It is checked now, and an
+/// op whose output size comes from its inputs' values asks a per-op element budget first
+/// (`ops::budget`).
+#[test]
+fn onnx_reshape_inferring_a_size_past_usize_found_by_fuzzing_is_no_panic() {
+    let bytes = std::fs::read(fixtures().join("fuzz/onnx-reshape-infer-overflow.bin")).expect("fixture");
+    let loaded = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default())).expect("loading the fuzzer's input panicked");
+    if let Err(e) = loaded {
+        assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
+    }
+}
+
+/// Two small constants that broadcast to a large one: folding leaves the op to a run, so
+/// loading a file of a few kilobytes never allocates what its constants could make (here
+/// 2^24 elements, 64 MiB, from 32 KiB of weights).
+#[test]
+fn onnx_constants_that_broadcast_to_a_huge_tensor_are_not_folded_at_load() {
+    let a = tensor("a", &[4096, 1], Some(&f32_bytes(&[1.0; 4096])), &[]);
+    let b = tensor("b", &[1, 4096], Some(&f32_bytes(&[2.0; 4096])), &[]);
+    let nodes = [node("Add", &["a", "b"], &["ab"], &[]), node("Mul", &["x", "ab"], &["y"], &[])];
+    let base = load_bytes(&model_with(&graph(&nodes, &[a, b]), 17)).expect("loads");
+    let largest = base.graph().values.iter().filter_map(|v| v.constant.as_ref()).map(|t| t.len()).max();
+    assert_eq!(largest, Some(4096), "the broadcast was folded at load");
+    // The same op with a small result is still folded.
+    let a = tensor("a", &[8, 1], Some(&f32_bytes(&[1.0; 8])), &[]);
+    let b = tensor("b", &[1, 8], Some(&f32_bytes(&[2.0; 8])), &[]);
+    let base = load_bytes(&model_with(&graph(&nodes, &[a, b]), 17)).expect("loads");
+    let largest = base.graph().values.iter().filter_map(|v| v.constant.as_ref()).map(|t| t.len()).max();
+    assert_eq!(largest, Some(64));
+}
