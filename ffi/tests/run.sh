@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The binding tests that need more than `cargo test`: the C programs of ffi/tests/c (the
 # journey, eight threads agreeing bit for bit, sixteen threads hammering shared and separate
-# handles) under AddressSanitizer and under valgrind (zero errors, zero leaks), the Java classes of android/ on
+# handles) under AddressSanitizer and under valgrind (zero errors, zero leaks), the two thread
+# programs under ThreadSanitizer (zero reports), the Java classes of android/ on
 # the host JVM, and the boundary checks generated from the header (NULL for every pointer
 # argument, a forced panic in every function; ffi/tests/gen_boundary.py).
 #
-#   ffi/tests/run.sh asan | valgrind | java | boundary | all
+#   ffi/tests/run.sh asan | valgrind | tsan | java | boundary | all
 #
 # Uses the library from `cargo test --workspace --no-run` (test profile, so CI's first stage
 # has already built it); the Java run adds the `jni` feature. Needs gcc, valgrind and a JDK 17.
@@ -63,6 +64,48 @@ valgrind_run() {
     done
 }
 
+# ThreadSanitizer. Only the stable toolchain is here, so the library is built with
+# `-Zsanitizer=thread` under RUSTC_BOOTSTRAP=1, in a target folder of its own (its flags differ
+# from every other build's), and the C programs are linked with Rust's own TSan runtime. The
+# standard library is the prebuilt one (an instrumented std needs the rust-src component); the
+# optimized build still instruments the std code it inlines (atomics, Mutex lock and unlock,
+# Arc's counts). `--cfg kilotune_tsan` makes a session hand work to its pool through an atomic
+# flag the sanitizer sees (runtime/src/session.rs); tsan.supp names the two places, both inside
+# rayon, where synchronization completes inside the prebuilt std. Any other report fails.
+tsan() {
+    echo "-- C thread tests under ThreadSanitizer (8 threads, then 16 hammering; 0 reports)"
+    local host sysroot tdir
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    sysroot=$(rustc --print sysroot)
+    tdir=$target/tsan
+    RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$tdir CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+        RUSTFLAGS="-Zsanitizer=thread -Cunsafe-allow-abi-mismatch=sanitizer -Cforce-frame-pointers=yes --cfg kilotune_tsan" \
+        cargo rustc -p kilotune-ffi --release --target "$host" --crate-type staticlib 2>"$work/build.log" \
+        || { cat "$work/build.log" >&2; exit 1; }
+    for t in threads hammer tsan_canary; do
+        gcc -std=c11 -Wall -Wextra -Werror -pedantic -g -fno-omit-frame-pointer -Iffi/include -Iffi/tests/c \
+            "ffi/tests/c/$t.c" "$tdir/$host/release/libkilotune_ffi.a" \
+            -Wl,--whole-archive "$sysroot/lib/rustlib/$host/lib/librustc-stable_rt.tsan.a" -Wl,--no-whole-archive \
+            -lpthread -ldl -lm -lrt -lutil -lgcc_s -o "$work/$t.tsan"
+        mkdir -p "$work/$t.tsan.d"
+    done
+    for t in threads hammer; do
+        TSAN_OPTIONS="suppressions=$root/ffi/tests/tsan.supp:halt_on_error=0:exitcode=96" \
+            "$work/$t.tsan" "$fixtures" "$work/$t.tsan.d" | tail -n 1
+    done
+    # The canary shares one session between two threads against the header's rules: the
+    # sanitizer must stop it with a race in the session, or this run proves nothing.
+    local rc=0
+    TSAN_OPTIONS="suppressions=$root/ffi/tests/tsan.supp:halt_on_error=1:exitcode=96" \
+        "$work/tsan_canary.tsan" "$fixtures" "$work/tsan_canary.tsan.d" >"$work/canary.log" 2>&1 || rc=$?
+    if [ "$rc" -ne 96 ] || ! grep -q 'kilotune::session::Session' "$work/canary.log"; then
+        cat "$work/canary.log" >&2
+        echo "error: ThreadSanitizer did not report the canary's race (exit $rc)" >&2
+        exit 1
+    fi
+    echo "tsan_canary: the race it commits was reported"
+}
+
 java_run() {
     echo "-- Java classes (android/) on the host JVM"
     build_lib --features kilotune-ffi/jni
@@ -90,8 +133,9 @@ boundary() {
 case "${1:-all}" in
     asan) asan ;;
     valgrind) valgrind_run ;;
+    tsan) tsan ;;
     java) java_run ;;
     boundary) boundary ;;
-    all) asan; valgrind_run; java_run; boundary ;;
-    *) echo "usage: $0 asan|valgrind|java|boundary|all" >&2; exit 2 ;;
+    all) asan; valgrind_run; tsan; java_run; boundary ;;
+    *) echo "usage: $0 asan|valgrind|tsan|java|boundary|all" >&2; exit 2 ;;
 esac

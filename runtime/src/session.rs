@@ -27,6 +27,48 @@ impl Outputs {
     }
 }
 
+/// A session's worker threads.
+struct Pool(rayon::ThreadPool);
+
+impl Pool {
+    #[cfg(not(kilotune_tsan))]
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.0.install(f)
+    }
+
+    /// Under ThreadSanitizer (built with `--cfg kilotune_tsan` by `ffi/tests/run.sh tsan`) the
+    /// hand-off to the pool and back goes through an atomic flag in this crate, which the
+    /// sanitizer sees. rayon's own `install` waits on a `Condvar` whose relock happens inside
+    /// the prebuilt standard library, which it cannot see, so it would take every value a job
+    /// passes back for a race. The work still runs on the pool's threads, split as usual.
+    #[cfg(kilotune_tsan)]
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let done = AtomicBool::new(false);
+        let mut out: Option<std::thread::Result<R>> = None;
+        {
+            let slot = &mut out;
+            let done = &done;
+            let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+                *slot = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+                done.store(true, Ordering::Release);
+            });
+            // SAFETY: this function does not return before `done` is set, the job's last use
+            // of anything it borrows, so every borrow outlives the job.
+            let job: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(job) };
+            self.0.spawn(job);
+        }
+        while !done.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        match out.take() {
+            Some(Ok(r)) => r,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => unreachable!("the job sets its result before its flag"),
+        }
+    }
+}
+
 /// Runs a base model. Sessions are cheap; many can share one `Arc<Base>`.
 pub struct Session {
     base: Arc<Base>,
@@ -34,7 +76,7 @@ pub struct Session {
     /// shared).
     graph: Arc<crate::graph::Graph>,
     plan: Plan,
-    pool: rayon::ThreadPool,
+    pool: Pool,
     /// The soft prompt's length (prompt tuning), 0 without one.
     prompt_len: usize,
 }
@@ -47,6 +89,7 @@ impl Session {
             .thread_name(|i| format!("kilotune-{i}"))
             .build()
             .map_err(|e| Error::Config(format!("thread pool: {e}")))?;
+        let pool = Pool(pool);
         let graph = base.shared_graph();
         let plan = Plan::new(&graph);
         Ok(Session { base, graph, plan, pool, prompt_len: 0 })
@@ -79,7 +122,7 @@ impl Session {
 
     /// The number of worker threads.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.0.current_num_threads()
     }
 
     /// Runs the model. Every declared input must be given once, with its declared element type

@@ -5,7 +5,7 @@
  * delta, the shared base and one shared kt_outputs. A run checks that nothing fails, that the
  * shared outputs never change, and that a thread's switched session gives exactly what a fresh
  * session with the same delta gives. Run under AddressSanitizer, valgrind (memcheck) and
- * helgrind by ffi/tests/run.sh.
+ * ThreadSanitizer by ffi/tests/run.sh.
  *
  * usage: hammer FIXTURES_DIR SCRATCH_DIR [THREADS (16..64, default 16)] [ROUNDS (default 3)] */
 #include <pthread.h>
