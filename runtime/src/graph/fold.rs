@@ -21,7 +21,7 @@ const MAX_FOLDED: usize = 1 << 24;
 /// ask for a huge `ConstantOfShape` or broadcast allocate nothing until a run asks for it.
 pub fn fold_constants(g: &mut Graph) -> Result<()> {
     let stored: usize = g.values.iter().filter_map(|v| v.constant.as_ref()).map(Tensor::len).sum();
-    let limit = stored.max(1 << 20).min(MAX_FOLDED);
+    let limit = stored.clamp(1 << 20, MAX_FOLDED);
     for i in 0..g.nodes.len() {
         let node = &g.nodes[i];
         let all_const = node.inputs.iter().all(|v| v.is_none_or(|v| g.values[v].constant.is_some()));
