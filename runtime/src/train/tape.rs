@@ -78,13 +78,16 @@ fn unsupported(op: &Op) -> Error {
     Error::Config(format!("training through `{}` is not supported yet", op.name()))
 }
 
+/// What `device` computes on `offload` when there is one and it takes the work (it answers
+/// `None` for what it does not cover), else what `cpu` computes.
+fn device_or_cpu<T>(offload: Option<&dyn crate::backend::cpu::Offload>, device: impl FnOnce(&dyn crate::backend::cpu::Offload) -> Result<Option<T>>, cpu: impl FnOnce() -> T) -> Result<T> {
+    Ok(offload.map(device).transpose()?.flatten().unwrap_or_else(cpu))
+}
+
 /// Attention's gradients on `offload` when it takes them, else on the CPU.
 #[allow(clippy::too_many_arguments)]
 fn attention_grads(offload: Option<&dyn crate::backend::cpu::Offload>, q: &[f32], k: &[f32], v: &[f32], mask: Option<&MaskView<'_>>, causal: bool, scale: f32, dims: &AttentionDims, dout: &[f32]) -> Result<attn_bw::AttentionGrads> {
-    if let Some(gr) = offload.map(|o| o.attention_backward(q, k, v, mask, causal, scale, dims, dout)).transpose()?.flatten() {
-        return Ok(gr);
-    }
-    Ok(attn_bw::attention_backward(q, k, v, mask, causal, scale, dims, dout))
+    device_or_cpu(offload, |o| o.attention_backward(q, k, v, mask, causal, scale, dims, dout), || attn_bw::attention_backward(q, k, v, mask, causal, scale, dims, dout))
 }
 
 /// Sums a broadcast gradient back to `shape` (the reverse of NumPy broadcasting).
@@ -304,10 +307,7 @@ impl<'g> Reverse<'g> {
                 Op::LayerNorm { axis: -1, epsilon } => {
                     let gamma = f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?;
                     let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                    let gr = match offload.map(|o| o.layer_norm_backward(x, None, gamma, *epsilon, &dy)).transpose()?.flatten() {
-                        Some(gr) => gr,
-                        None => norm_bw::layer_norm_backward(x, gamma, *epsilon, &dy),
-                    };
+                    let gr = device_or_cpu(offload, |o| o.layer_norm_backward(x, None, gamma, *epsilon, &dy), || norm_bw::layer_norm_backward(x, gamma, *epsilon, &dy))?;
                     send(&mut grads, inp(0), gr.dx, &mut out);
                     send(&mut grads, inp(1), gr.dgamma, &mut out);
                     send(&mut grads, inp(2), gr.dbeta, &mut out);
@@ -315,10 +315,7 @@ impl<'g> Reverse<'g> {
                 Op::AddLayerNorm { epsilon } => {
                     let (x, skip) = (f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?, f32s(inp(1).ok_or_else(|| unsupported(&n.op))?)?);
                     let gamma = f32s(inp(2).ok_or_else(|| unsupported(&n.op))?)?;
-                    let gr = match offload.map(|o| o.layer_norm_backward(x, Some(skip), gamma, *epsilon, &dy)).transpose()?.flatten() {
-                        Some(gr) => gr,
-                        None => norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy),
-                    };
+                    let gr = device_or_cpu(offload, |o| o.layer_norm_backward(x, Some(skip), gamma, *epsilon, &dy), || norm_bw::add_layer_norm_backward(x, skip, gamma, *epsilon, &dy))?;
                     send(&mut grads, inp(0), gr.dx.clone(), &mut out);
                     send(&mut grads, inp(1), gr.dx, &mut out);
                     send(&mut grads, inp(2), gr.dgamma, &mut out);
@@ -330,10 +327,7 @@ impl<'g> Reverse<'g> {
                 }
                 Op::Gelu { tanh: false } => {
                     let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                    let dx = match offload.map(|o| o.gelu_backward(x, &dy)).transpose()?.flatten() {
-                        Some(dx) => dx,
-                        None => activation::gelu_backward(x, &dy),
-                    };
+                    let dx = device_or_cpu(offload, |o| o.gelu_backward(x, &dy), || activation::gelu_backward(x, &dy))?;
                     send(&mut grads, inp(0), dx, &mut out);
                 }
                 Op::Silu => {
