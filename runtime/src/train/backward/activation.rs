@@ -12,8 +12,10 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// Panics if `x` and `dy` differ in length.
 pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     assert_eq!(x.len(), dy.len(), "gelu_backward: x and dy differ in length");
+    use rayon::prelude::*;
     let mut out = vec![0f32; x.len()];
-    gelu_backward_chunk(x, dy, &mut out);
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((o, x), g)| gelu_backward_chunk(x, g, o));
     out
 }
 

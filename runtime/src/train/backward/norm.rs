@@ -16,44 +16,94 @@ pub struct LayerNormGrads {
     pub dbeta: Vec<f32>,
 }
 
+/// `Σ f(a[i], b[i])` in f64 over eight interleaved partial sums, so the loop vectorizes; the
+/// order is fixed, so the result is too.
+#[inline(always)]
+fn sum_f64(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(f64::from(x), f64::from(y))).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((a, &xv), &yv) in acc.iter_mut().zip(x).zip(y) {
+            *a += f(f64::from(xv), f64::from(yv));
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// Per row: (mean, 1/sqrt(var + eps)) in f64, var the biased (1/d) variance.
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f64, f64) {
     let d = x.len() as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / d;
-    let var = x.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / d;
+    let mean = sum_f64(x, x, |v, _| v) / d;
+    let var = sum_f64(x, x, |v, _| (v - mean) * (v - mean)) / d;
     (mean, 1.0 / (var + f64::from(eps)).sqrt())
 }
+
+crate::kernels::simd::multiversion! {
+    /// The rows of one block: their `dx`, and their sums of dγ and dβ added to `dgamma` and `dbeta`.
+    #[allow(clippy::too_many_arguments)]
+    fn ln_block(xb: &[f32], dyb: &[f32], dxb: &mut [f32], gamma: &[f32], eps: f32, dgamma: &mut [f64], dbeta: &mut [f64]) {
+        let d = gamma.len();
+        let mut xhat = vec![0f64; d];
+        for ((xr, dyr), dxr) in xb.chunks_exact(d).zip(dyb.chunks_exact(d)).zip(dxb.chunks_exact_mut(d)) {
+            let (mean, r) = row_stats(xr, eps);
+            for (((xh, dg), db), (&xv, &dyv)) in xhat.iter_mut().zip(dgamma.iter_mut()).zip(dbeta.iter_mut()).zip(xr.iter().zip(dyr)) {
+                *xh = (f64::from(xv) - mean) * r;
+                *dg += f64::from(dyv) * *xh;
+                *db += f64::from(dyv);
+            }
+            // mean(g) and mean(g ⊙ x̂), g = dy ⊙ γ, each over eight interleaved sums.
+            let mg = sum_f64(dyr, gamma, |dy, ga| dy * ga) / d as f64;
+            let mut acc = [0f64; 8];
+            let (c_dy, c_ga, c_xh) = (dyr.chunks_exact(8), gamma.chunks_exact(8), xhat.chunks_exact(8));
+            let tail: f64 = c_dy.remainder().iter().zip(c_ga.remainder()).zip(c_xh.remainder()).map(|((&dv, &gv), &xv)| f64::from(dv) * f64::from(gv) * xv).sum();
+            for ((d8, g8), x8) in c_dy.zip(c_ga).zip(c_xh) {
+                for (((a, &dv), &gv), &xv) in acc.iter_mut().zip(d8).zip(g8).zip(x8) {
+                    *a += f64::from(dv) * f64::from(gv) * xv;
+                }
+            }
+            let mgx = (acc.iter().sum::<f64>() + tail) / d as f64;
+            for ((dxv, xh), (&dyv, &ga)) in dxr.iter_mut().zip(&xhat).zip(dyr.iter().zip(gamma)) {
+                *dxv = (r * (f64::from(dyv) * f64::from(ga) - mg - xh * mgx)) as f32;
+            }
+        }
+    }
+}
+
+/// Rows per parallel task. Fixed, and the tasks' partial sums of dγ and dβ are added in row
+/// order, so the result does not depend on the thread count.
+const ROWS_PER_TASK: usize = 32;
 
 /// Gradients of `y = (x − μ)·r·γ + β` per row of `d = gamma.len()` features, with
 /// `μ = mean(x)`, `r = 1/sqrt(var(x) + eps)` and `x̂ = (x − μ)·r`.
 ///
 /// With `g = dy ⊙ γ`: `dx = r·(g − mean(g) − x̂·mean(g ⊙ x̂))` per row, `dγ = Σ_rows dy ⊙ x̂`,
 /// `dβ = Σ_rows dy`. Statistics and the row means are computed in f64 (see the module docs).
+/// Blocks of rows run in parallel on the current rayon pool.
 ///
 /// Panics if `x` and `dy` differ in length or are not whole rows of `d`.
 pub fn layer_norm_backward(x: &[f32], gamma: &[f32], eps: f32, dy: &[f32]) -> LayerNormGrads {
+    use rayon::prelude::*;
     let d = gamma.len();
     assert!(d > 0 && x.len().is_multiple_of(d), "layer_norm_backward: x is not rows of {d}");
     assert_eq!(x.len(), dy.len(), "layer_norm_backward: x and dy differ in length");
     let mut dx = vec![0f32; x.len()];
+    let block = d * ROWS_PER_TASK;
+    let partials: Vec<(Vec<f64>, Vec<f64>)> = x
+        .par_chunks(block)
+        .zip(dy.par_chunks(block))
+        .zip(dx.par_chunks_mut(block))
+        .map(|((xb, dyb), dxb)| {
+            let (mut dgamma, mut dbeta) = (vec![0f64; d], vec![0f64; d]);
+            ln_block(xb, dyb, dxb, gamma, eps, &mut dgamma, &mut dbeta);
+            (dgamma, dbeta)
+        })
+        .collect();
     let (mut dgamma, mut dbeta) = (vec![0f64; d], vec![0f64; d]);
-    let mut xhat = vec![0f64; d];
-    for ((xr, dyr), dxr) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(dx.chunks_exact_mut(d)) {
-        let (mean, r) = row_stats(xr, eps);
-        let (mut mg, mut mgx) = (0f64, 0f64);
-        for h in 0..d {
-            xhat[h] = (f64::from(xr[h]) - mean) * r;
-            let g = f64::from(dyr[h]) * f64::from(gamma[h]);
-            mg += g;
-            mgx += g * xhat[h];
-            dgamma[h] += f64::from(dyr[h]) * xhat[h];
-            dbeta[h] += f64::from(dyr[h]);
-        }
-        let (mg, mgx) = (mg / d as f64, mgx / d as f64);
-        for h in 0..d {
-            let g = f64::from(dyr[h]) * f64::from(gamma[h]);
-            dxr[h] = (r * (g - mg - xhat[h] * mgx)) as f32;
-        }
+    for (pg, pb) in &partials {
+        dgamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+        dbeta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
     }
     let to32 = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
     LayerNormGrads { dx, dgamma: to32(dgamma), dbeta: to32(dbeta) }
