@@ -78,7 +78,9 @@ tsan() {
     host=$(rustc -vV | sed -n 's/^host: //p')
     sysroot=$(rustc --print sysroot)
     tdir=$target/tsan
+    # Optimized (so std's inlined code is instrumented where it is used), without LTO, to build quickly.
     RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$tdir CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+        CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
         RUSTFLAGS="-Zsanitizer=thread -Cunsafe-allow-abi-mismatch=sanitizer -Cforce-frame-pointers=yes --cfg kilotune_tsan" \
         cargo rustc -p kilotune-ffi --release --target "$host" --crate-type staticlib 2>"$work/build.log" \
         || { cat "$work/build.log" >&2; exit 1; }
