@@ -230,6 +230,16 @@ fn onnx_external_data_from_bytes_or_without_location_is_refused() {
     assert!(reason.contains("no location"), "{reason}");
 }
 
+/// Loads the fuzzer's input `name` (in `tests/fixtures/fuzz/`): a base, or one of the typed
+/// errors a malformed model may get; never a panic.
+fn loads_without_panic(name: &str) {
+    let bytes = std::fs::read(fixtures().join("fuzz").join(name)).expect("fixture");
+    let loaded = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default())).expect("loading the fuzzer's input panicked");
+    if let Err(e) = loaded {
+        assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
+    }
+}
+
 /// Found by the `onnx` fuzz target: a `Transpose` whose `perm` names an axis past its input's
 /// rank made shape folding index out of bounds (a panic) before the op could refuse it. Shape
 /// folding now leaves such a node alone; the load either succeeds (the op refuses the perm
@@ -253,22 +263,14 @@ fn onnx_transpose_perm_past_the_rank_found_by_fuzzing_is_no_panic() {
 /// shape without). Shape arithmetic is checked now, and negative sizes give no fact.
 #[test]
 fn onnx_reshape_sizes_overflowing_i64_found_by_fuzzing_are_no_panic() {
-    let bytes = std::fs::read(fixtures().join("fuzz/onnx-reshape-size-overflow.bin")).expect("fixture");
-    let loaded = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default())).expect("loading the fuzzer's input panicked");
-    if let Err(e) = loaded {
-        assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
-    }
+    loads_without_panic("onnx-reshape-size-overflow.bin");
 }
 
 /// Found by the `onnx` fuzz target (after 602 k executions): a `Slice` of a dimension folded to
 /// a negative size clamped its bounds to `0..negative` (a panic). Such a size gives no fact now.
 #[test]
 fn onnx_slice_of_a_negative_size_found_by_fuzzing_is_no_panic() {
-    let bytes = std::fs::read(fixtures().join("fuzz/onnx-slice-negative-dim.bin")).expect("fixture");
-    let loaded = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default())).expect("loading the fuzzer's input panicked");
-    if let Err(e) = loaded {
-        assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
-    }
+    loads_without_panic("onnx-slice-negative-dim.bin");
 }
 
 /// Found by the `onnx` fuzz target (after 211 k executions, in the run after the `Slice` fix):
@@ -278,11 +280,7 @@ fn onnx_slice_of_a_negative_size_found_by_fuzzing_is_no_panic() {
 /// (`ops::budget`).
 #[test]
 fn onnx_reshape_inferring_a_size_past_usize_found_by_fuzzing_is_no_panic() {
-    let bytes = std::fs::read(fixtures().join("fuzz/onnx-reshape-infer-overflow.bin")).expect("fixture");
-    let loaded = std::panic::catch_unwind(|| Base::from_bytes(&bytes, LoadOptions::default())).expect("loading the fuzzer's input panicked");
-    if let Err(e) = loaded {
-        assert!(matches!(e, Error::InvalidModel(_) | Error::Shape { .. } | Error::UnsupportedOp { .. } | Error::UnsupportedAttribute { .. } | Error::Protobuf(_)), "{e:?}");
-    }
+    loads_without_panic("onnx-reshape-infer-overflow.bin");
 }
 
 /// Two small constants that broadcast to a large one: folding leaves the op to a run, so
