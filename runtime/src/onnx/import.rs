@@ -85,6 +85,40 @@ fn dtype_attr(a: &Attrs<'_>, name: &str) -> Result<DType> {
     DType::from_onnx(code as i32).ok_or_else(|| a.unsupported(name, code))
 }
 
+/// How many inputs an imported op needs (each present, not the empty name) and how many it
+/// may have, as ONNX defines them.
+fn arity(op: &Op) -> (usize, usize) {
+    match op {
+        Op::Binary(_) | Op::Expand | Op::Reshape { .. } | Op::Gather(_) | Op::GatherNd(_) | Op::MatMul => (2, 2),
+        Op::Where | Op::Range => (3, 3),
+        Op::Slice => (3, 5),
+        Op::MatMulInteger => (2, 4),
+        Op::DequantizeLinear(_) => (2, 3),
+        Op::LayerNorm { .. } => (2, 3),
+        Op::Squeeze(_) | Op::Unsqueeze(_) | Op::ReduceMean { .. } => (1, 2),
+        Op::Variadic(_) | Op::Concat(_) => (1, usize::MAX),
+        _ => (1, 1),
+    }
+}
+
+/// Refuses a node whose inputs or outputs do not fit its op: the graph passes may then read
+/// an op's required inputs and its first output without checking each time.
+fn check_arity(op: &Op, node: &NodeProto) -> Result<()> {
+    let (need, most) = arity(op);
+    let given = node.input.len();
+    let missing = node.input.iter().take(need).any(String::is_empty);
+    if given < need || given > most || missing || node.output.first().is_none_or(String::is_empty) {
+        let range = if most == usize::MAX { format!("at least {need}") } else if need == most { need.to_string() } else { format!("{need} to {most}") };
+        return Err(Error::InvalidModel(format!(
+            "node `{}` ({}) has {given} inputs ({range} needed, the first {need} named) and {} outputs (at least 1 named)",
+            node.name,
+            node.op_type,
+            node.output.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Translates one node into an op, or an error naming the op, node and opset.
 fn translate(node: &NodeProto, opset: i64, dir: Option<&Path>) -> Result<Op> {
     let a = Attrs::new(node)?;
@@ -375,6 +409,7 @@ fn import_with(model: &ModelProto, initializers: Vec<(String, Tensor)>, dir: Opt
             continue;
         }
         let op = translate(node, opset, dir)?;
+        check_arity(&op, node)?;
         let mut inputs = Vec::with_capacity(node.input.len());
         for i in &node.input {
             if i.is_empty() {
