@@ -252,7 +252,8 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
                 UnaryOp::Tanh => f32::tanh,
                 UnaryOp::Relu => |x| x.max(0.0),
                 UnaryOp::Abs => f32::abs,
-                UnaryOp::IsNaN | UnaryOp::Not => unreachable!("handled above"),
+                // `IsNaN` of f32 is handled above; `Not` is defined on booleans only.
+                UnaryOp::IsNaN | UnaryOp::Not => return Err(shape_err(format!("{} of {:?}", op.name(), x.dtype()))),
             };
             Ok(Tensor::from_parts(shape, v.iter().map(|&x| f(x)).collect()))
         }
@@ -347,6 +348,33 @@ pub fn cast(x: &Tensor, to: DType) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every unary op on every dtype is a value or a typed error, never a panic (the `onnx`
+    /// fuzz target found `Not` of a float tensor reaching an `unreachable!`).
+    #[test]
+    fn every_unary_op_on_every_dtype_is_a_value_or_a_typed_error() {
+        use crate::error::Error;
+        use UnaryOp::*;
+        let ops = [Neg, Sqrt, Reciprocal, Erf, Sigmoid, Sin, Cos, Exp, Log, Tanh, Relu, Abs, IsNaN, Not];
+        let inputs = [
+            Tensor::new(&[2], vec![1f32, -2.0]).unwrap(),
+            Tensor::new(&[2], vec![1i64, -2]).unwrap(),
+            Tensor::new(&[2], vec![1i32, -2]).unwrap(),
+            Tensor::new(&[2], vec![1i8, -2]).unwrap(),
+            Tensor::new(&[2], vec![1u8, 2]).unwrap(),
+            Tensor::new(&[2], vec![true, false]).unwrap(),
+        ];
+        for op in ops {
+            for x in &inputs {
+                let floats = matches!(op, Neg | Sqrt | Reciprocal | Erf | Sigmoid | Sin | Cos | Exp | Log | Tanh | Relu | Abs | IsNaN) && x.dtype() == DType::F32;
+                let defined = floats || (op == Not && x.dtype() == DType::Bool) || (matches!(op, Neg | Abs) && x.dtype() == DType::I64);
+                match unary(op, x) {
+                    Ok(y) => assert!(defined, "{} of {:?} gave a value", op.name(), x.dtype()),
+                    Err(e) => assert!(!defined && matches!(e, Error::InvalidModel(_)), "{} of {:?}: {e:?}", op.name(), x.dtype()),
+                }
+            }
+        }
+    }
 
     #[test]
     fn gelu_matches_closed_form_values() {

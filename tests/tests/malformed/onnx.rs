@@ -310,6 +310,14 @@ fn onnx_mul_with_one_input_found_by_fuzzing_is_no_panic() {
     loads_without_panic("onnx-mul-with-one-input.bin");
 }
 
+/// Found by the `onnx` fuzz target (722 k executions into the run on the build with the arity
+/// check): constant folding evaluated `Not` of a float tensor, which reached an `unreachable!`
+/// in the unary ops (a panic). `Not` of anything but booleans is now an invalid model.
+#[test]
+fn onnx_not_of_a_float_found_by_fuzzing_is_no_panic() {
+    loads_without_panic("onnx-not-of-float.bin");
+}
+
 /// A node with too few inputs, too many, an empty name in a required slot, or no output is an
 /// invalid model at import, naming the node.
 #[test]
