@@ -8,8 +8,10 @@
 //! cross-entropy through the model's own LM head. [`trainer`] runs the steps, [`guard`] keeps
 //! bad steps out of the delta, and [`evaluate`] scores a delta, in training or from a saved file.
 //!
-//! Frozen weights (f32 or dequantized int8) never receive a gradient: only the input gradient
-//! flows through them, as in candle and burn.
+//! Frozen weights (f32 or int8) never receive a gradient: only the input gradient flows through
+//! them, as in candle and burn. Through an int8 weight it is the dequantized weight's gradient,
+//! computed on AMX-BF16 from the integers themselves where the CPU has it
+//! ([`backward::linear::frozen_input_grad`]).
 
 pub mod backward;
 pub mod batch;

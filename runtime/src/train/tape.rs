@@ -4,7 +4,8 @@
 //! walks the nodes backwards and sends each output's gradient to the inputs that lead to a
 //! trainable parameter: LoRA A/B of a `Linear`, a `Linear`'s bias, or a named constant such as
 //! a LayerNorm's β. Frozen weights never get a weight gradient; only the input gradient flows
-//! through them, computed from the weights as stored (int8 weights dequantized).
+//! through them, computed from the weights as stored (see
+//! [`super::backward::linear::frozen_input_grad`] for int8 weights).
 
 use std::collections::{HashMap, HashSet};
 
@@ -270,7 +271,7 @@ impl<'g> Reverse<'g> {
                         };
                         Some(match on_device {
                             Some(dx) => dx,
-                            None => lin_bw::linear_backward(&l.weight_f32(), l.k, l.n, &dy),
+                            None => lin_bw::frozen_input_grad(l, &dy),
                         })
                     } else {
                         None

@@ -36,6 +36,20 @@ pub(crate) fn amx_available() -> bool {
     *AVAILABLE.get_or_init(detect)
 }
 
+/// Whether AMX-BF16 is usable too: [`amx_available`] (tile state and the
+/// process's permission) and the CPU's `amx_bf16` bit. Every CPU with
+/// AMX-INT8 so far has it. Checked once.
+pub(crate) fn amx_bf16_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        // SAFETY: CPUID leaf 7 exists when `amx_available` holds (it checked the
+        // maximum leaf). (Newer compilers consider the intrinsic safe.)
+        #[allow(unused_unsafe)]
+        let bf16 = || (unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx >> 22) & 1 == 1;
+        amx_available() && bf16()
+    })
+}
+
 #[cfg(target_os = "linux")]
 fn detect() -> bool {
     use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
@@ -153,7 +167,7 @@ impl Kernel for Amx {
 /// Tile configuration (palette 1): tmm0–3 are the C tiles (16 rows × 64
 /// bytes of i32), tmm4–5 the A tiles, tmm6–7 the B tiles, all 16 × 64 bytes.
 #[repr(C, align(64))]
-struct TileConfig([u8; 64]);
+pub(super) struct TileConfig(pub(super) [u8; 64]);
 
 impl TileConfig {
     const fn full() -> TileConfig {
@@ -169,7 +183,7 @@ impl TileConfig {
     }
 }
 
-static CONFIG: TileConfig = TileConfig::full();
+pub(super) static CONFIG: TileConfig = TileConfig::full();
 
 /// The first `steps · 16` groups of a full 32-row × 2-panel micro-tile.
 ///

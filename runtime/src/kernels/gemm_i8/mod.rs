@@ -24,6 +24,8 @@ mod reference;
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod backward;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 #[cfg(target_arch = "x86_64")]
@@ -316,6 +318,20 @@ fn selected() -> KernelKind {
 /// "avxvnni", "avx2", "neon-dotprod", "neon" or "portable".
 pub fn selected_kernel() -> &'static str {
     selected().name()
+}
+
+/// The input gradient `dx[m×k] = dy[m×n] · Wᵀ` of the dequantized weight, with
+/// the integer weight used as it is (exact in bf16) and `dy · scale` rounded to
+/// bf16, on AMX-BF16 (`backward.rs`). `None` where the CPU has none: the caller
+/// then multiplies by the dequantized f32 weight.
+pub(crate) fn input_grad_bf16(w: &PackedI8, dy: &[f32], m: usize) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    return backward::input_grad(w, dy, m);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, dy, m);
+        None
+    }
 }
 
 /// `y[m×n] = ((xq - x_zp) · (W - w_zp)) · (x_scale · scale[n]) (+ bias[n])`,

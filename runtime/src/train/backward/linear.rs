@@ -2,6 +2,8 @@
 //! `y = x·W + s·(x·Aᵀ)·Bᵀ`.
 
 use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_at, matmul_f32_bt};
+use crate::kernels::gemm_i8::input_grad_bf16;
+use crate::ops::linear::{Linear, LinearWeight};
 
 /// Input gradient of a frozen linear layer `y[m×n] = x[m×k]·W[k×n] (+ b)`.
 ///
@@ -20,6 +22,20 @@ pub fn linear_backward(w_kn: &[f32], k: usize, n: usize, dy: &[f32]) -> Vec<f32>
     // dx[m×k] = dy[m×n] · (W[k×n])ᵀ: W is exactly the transposed operand `bt[k×n]`.
     matmul_f32_bt(dy, w_kn, &mut dx, m, n, k, false);
     dx
+}
+
+/// Input gradient of a frozen `Linear` as its weight is stored. An f32 weight goes through
+/// [`linear_backward`]. An int8 weight, where the CPU has AMX-BF16, multiplies its integers
+/// (exact in bf16) by `dy · scale` rounded to bf16, with f32 sums: the weight loses nothing,
+/// `dy` keeps 8 significant bits (PyTorch's bf16 autocast rounds the same product), and no
+/// f32 copy of the weight is made. Elsewhere it goes through the dequantized f32 weight.
+pub fn frozen_input_grad(l: &Linear, dy: &[f32]) -> Vec<f32> {
+    if let LinearWeight::I8(w) = &l.weight {
+        if let Some(dx) = input_grad_bf16(w, dy, dy.len() / l.n.max(1)) {
+            return dx;
+        }
+    }
+    linear_backward(&l.weight_f32(), l.k, l.n, dy)
 }
 
 /// Gradient of a (BitFit-trainable) bias `y = x·W + b`, b of `n` values.
