@@ -369,7 +369,7 @@ mod tests {
                 let floats = matches!(op, Neg | Sqrt | Reciprocal | Erf | Sigmoid | Sin | Cos | Exp | Log | Tanh | Relu | Abs | IsNaN) && x.dtype() == DType::F32;
                 let defined = floats || (op == Not && x.dtype() == DType::Bool) || (matches!(op, Neg | Abs) && x.dtype() == DType::I64);
                 match unary(op, x) {
-                    Ok(y) => assert!(defined, "{} of {:?} gave a value", op.name(), x.dtype()),
+                    Ok(y) => assert!(defined && y.shape() == x.shape(), "{} of {:?} gave a value of shape {:?}", op.name(), x.dtype(), y.shape()),
                     Err(e) => assert!(!defined && matches!(e, Error::InvalidModel(_)), "{} of {:?}: {e:?}", op.name(), x.dtype()),
                 }
             }

@@ -151,7 +151,7 @@ fn pack_b(w: &PackedI8, np: usize, kp: usize) -> Vec<u16> {
 /// writable f32 (32 rows of `kp`, all written, none read); `np` and `kp` are
 /// multiples of 32.
 unsafe fn rows_32(a: &[u16], np: usize, b: &[u16], kp: usize, c: *mut f32, c_len: usize) {
-    assert!(np % STEP == 0 && kp % BLOCK == 0);
+    assert!(np.is_multiple_of(STEP) && kp.is_multiple_of(BLOCK));
     assert!(a.len() >= BLOCK * np && c_len >= BLOCK * kp && b.len() >= kp / PANEL * np * PANEL);
     let (lda, ldc) = (np * 2, kp * 4); // row strides in bytes
     let panel = np * PANEL; // u16 per B panel
