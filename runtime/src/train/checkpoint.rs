@@ -29,6 +29,28 @@ pub struct Pieces {
     pub crossing: Vec<bool>,
 }
 
+/// Hands the heap's free pages back to the operating system: glibc's `malloc_trim(0)`, which
+/// releases free memory at the top of each arena and the whole free pages inside it. A step
+/// allocates and frees about a hundred buffers of 1–6 MiB; glibc raises its mmap threshold
+/// after the first such free, so later ones come from arenas where freed blocks stay resident
+/// and fragment. On MiniLM that adds 40–60 MiB to a step's peak RSS. Trimming after each step
+/// costs the next step about 14 k page faults (5–20% of the step here), so the trainer does it
+/// only when the caller set a memory budget. Elsewhere than glibc (bionic, Apple's libc, musl)
+/// this does nothing.
+pub fn release_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: `malloc_trim` only returns free heap memory to the OS; it reads no pointer
+        // of ours, and glibc's allocator is thread-safe.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 /// Cuts `g` after each normalization (LayerNorm, AddLayerNorm, RmsNorm): a transformer block
 /// has two, and what crosses there is the residual stream plus the few values every block reads
 /// (the mask, rotary tables). Any cut is correct; these keep the crossing values few.

@@ -44,6 +44,9 @@ pub struct TrainConfig {
     /// each piece's activations during the backward pass: one more forward pass of work, the
     /// same gradients bit for bit. The first step with a budget checkpoints and measures what a
     /// plain step would keep; later steps checkpoint only when their batch would go over.
+    /// With a budget, the trainer also hands the heap's freed pages back to the OS once built
+    /// and after every step (glibc only, see [`super::checkpoint::release_freed_heap`]): about
+    /// 50 MiB less peak RSS on MiniLM, for 5–20% more time a step.
     pub memory_budget: Option<usize>,
     /// When a step is skipped and when the trainer rolls back to its last good parameters
     /// (see [`super::guard`]).
@@ -193,6 +196,10 @@ impl Trainer {
         };
         t.keep_as_good();
         t.refresh()?;
+        if t.memory_budget.is_some() {
+            // What loading the base and building the trainer freed.
+            super::checkpoint::release_freed_heap();
+        }
         Ok(t)
     }
 
@@ -330,6 +337,9 @@ impl Trainer {
             }
         };
         self.refresh()?;
+        if self.memory_budget.is_some() {
+            super::checkpoint::release_freed_heap();
+        }
         Ok(StepReport { loss, outcome, guard })
     }
 
