@@ -7,6 +7,8 @@
 
 /// Instruction-set levels a multiversioned kernel can be compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+// Off x86-64 only `Baseline` is ever detected.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub enum Level {
     /// The build target's baseline (`mul_add` may be a library call on old x86-64).
     Baseline,
