@@ -598,11 +598,11 @@ struct TrainArgs {
     /// Seed for initialization and the per-epoch shuffle.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Cap the activations a step keeps for its backward pass, in MiB. Over the cap, steps
-    /// recompute each block's activations during the backward pass (checkpointing): about a
-    /// third more compute, the same result. With a cap, freed heap memory also goes back to
-    /// the OS after every step (glibc): lower peak RSS for a few percent more time. Default:
-    /// no cap (fastest).
+    /// Cap the activations a step keeps for its backward pass, in MiB. Over the cap, a step
+    /// recomputes the activations of its first blocks during the backward pass, as many as the
+    /// cap needs (checkpointing; 0 recomputes all): up to one more forward pass of compute, the
+    /// same result bit for bit. With a cap, freed heap memory also goes back to the OS after
+    /// every step (glibc): lower peak RSS for 5-20% more time. Default: no cap (fastest).
     #[arg(long, value_name = "MIB")]
     memory_budget: Option<usize>,
     /// Precision of the saved delta.

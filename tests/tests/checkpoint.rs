@@ -66,6 +66,40 @@ fn checkpointed_classification_on_the_tiny_bert_is_bit_identical() {
     }
 }
 
+/// A budget between the leanest step and a plain one: after the first (measuring) step, steps
+/// recompute only their first pieces, hold more than the leanest step and less than a plain
+/// one, and train exactly like a plain trainer.
+#[test]
+fn a_budget_between_the_leanest_and_a_plain_step_recomputes_only_some_pieces() {
+    let base = Base::load(fixtures().join("tiny-bert.dynamo.onnx"), LoadOptions::default()).unwrap();
+    let task = TaskHead::Classification { classes: 2, pooling: Pooling::Mean };
+    let method = PeftMethod::Lora(LoraConfig { r: 4, alpha: 8.0, ..Default::default() });
+    let mut config = TrainConfig { seed: 5, threads: 2, ..Default::default() };
+    config.optimizer.lr = 1e-2;
+    let mut inputs = rows(8, 4, 90, false);
+    inputs.push(("token_type_ids".into(), Tensor::new(&[4, 8], vec![0i64; 32]).unwrap()));
+    let b = Batch::classification(inputs, vec![0, 1, 1, 0]);
+    // What the leanest step holds and what a plain one keeps, for this batch.
+    let mut probe = Trainer::new(base.clone(), method.clone(), task.clone(), TrainConfig { memory_budget: Some(0), ..config.clone() }).unwrap();
+    probe.step(&b).unwrap();
+    let lean = probe.last_usage();
+    assert!(lean.peak < lean.full);
+    let budget = (lean.peak + lean.full) / 2;
+    let mut plain = Trainer::new(base.clone(), method.clone(), task.clone(), config.clone()).unwrap();
+    let mut mid = Trainer::new(base, method, task, TrainConfig { memory_budget: Some(budget), ..config }).unwrap();
+    for s in 0..3 {
+        let (x, y) = (plain.step(&b).unwrap(), mid.step(&b).unwrap());
+        assert_eq!(x.loss.to_bits(), y.loss.to_bits(), "step {s} loss");
+        let u = mid.last_usage();
+        if s > 0 {
+            assert!(lean.peak < u.peak && u.peak < lean.full, "step {s} held {} bytes: not between {} and {}", u.peak, lean.peak, lean.full);
+        }
+    }
+    for (x, y) in plain.delta().tensors.iter().zip(&mid.delta().tensors) {
+        assert_eq!(x.to_f32().unwrap(), y.to_f32().unwrap(), "{} differs", x.name);
+    }
+}
+
 #[test]
 fn a_budget_the_batch_fits_in_trains_without_checkpointing() {
     let base = Base::load(fixtures().join("tiny-bert.dynamo.onnx"), LoadOptions::default()).unwrap();

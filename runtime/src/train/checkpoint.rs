@@ -27,6 +27,10 @@ pub struct Pieces {
     pub ranges: Vec<Range<usize>>,
     /// `crossing[v]`: value `v` is computed (or fed) before some cut and read after it.
     pub crossing: Vec<bool>,
+    /// How many of the last pieces keep their saved values through the forward pass, as a
+    /// plain step does (at least 1, at most all); the pieces before them are recomputed
+    /// during the backward pass. [`pieces`] sets 1: the least memory.
+    pub kept: usize,
 }
 
 /// Hands the heap's free pages back to the operating system: glibc's `malloc_trim(0)`, which
@@ -84,7 +88,7 @@ pub fn pieces(g: &Graph) -> Pieces {
             }
         }
     }
-    Pieces { ranges, crossing }
+    Pieces { ranges, crossing, kept: 1 }
 }
 
 /// What the loss made of the forward outputs: the seed gradient of the reverse pass and
@@ -156,10 +160,12 @@ pub fn forward_backward<R>(
     if p.crossing.len() != g.values.len() {
         return Err(Error::Config("checkpoint pieces were made for another graph".into()));
     }
-    let last = p.ranges.last().cloned().unwrap_or(0..g.nodes.len());
+    // The pieces from `tail` on keep their saved values; those before it are recomputed.
+    let tail = p.ranges.len() - p.kept.clamp(1, p.ranges.len().max(1));
+    let last = p.ranges.get(tail).map_or(0..g.nodes.len(), |r| r.start..g.nodes.len());
     let producer = g.producers();
     let in_range = |v: ValueId, r: &Range<usize>| producer[v].is_some_and(|i| r.contains(&i));
-    // Forward: keep what crosses a cut, the outputs, and the last piece's saved values.
+    // Forward: keep what crosses a cut, the outputs, and the kept pieces' saved values.
     // Graph inputs are kept too (token ids and masks: small) so the first piece can be rerun.
     let fed: Vec<bool> = {
         let mut f = vec![false; g.values.len()];
@@ -183,7 +189,7 @@ pub fn forward_backward<R>(
         if !busy(range) {
             continue;
         }
-        if k + 1 != p.ranges.len() {
+        if k < tail {
             session.run_range(&mut slots, range.clone(), &resave)?;
             peak = peak.max(kept_bytes(&slots));
             full += slots.iter().enumerate().filter(|(v, s)| s.is_some() && saved[*v] && !p.crossing[*v] && in_range(*v, range)).map(|(_, s)| s.as_ref().map_or(0, |t| t.len() * 4)).sum::<usize>();
@@ -267,5 +273,22 @@ mod tests {
         // The estimate of a plain step's memory also counts the crossing values and the token
         // ids a checkpointed forward keeps: within a tenth, never under.
         assert!(u1.full >= u0.full && u1.full * 10 <= u0.full * 11, "estimate {} vs plain {}", u1.full, u0.full);
+        // Keeping the last pieces whole and recomputing only the first: the same gradients,
+        // and a peak that grows with the pieces kept. (Keeping all but the first can hold a
+        // little more than a plain step: the crossing values stay too, and here the first
+        // piece, the embeddings, saves nothing.)
+        assert!(p.ranges.len() >= 4, "{} pieces", p.ranges.len());
+        let mut last = u1.peak;
+        for kept in 2..p.ranges.len() {
+            let part = Pieces { kept, ..p.clone() };
+            let (grads, (), u2) = forward_backward(&s, &inputs, &t, Some(&part), seed).expect("partly checkpointed step");
+            assert_eq!(plain.lora, grads.lora, "{kept} pieces kept");
+            assert_eq!(plain.linear_bias, grads.linear_bias, "{kept} pieces kept");
+            assert!(u2.peak >= last, "{kept} kept: peak {} under {last}", u2.peak);
+            if kept == 2 {
+                assert!(u1.peak < u2.peak && u2.peak < u0.peak, "2 kept: peak {} not between {} and {}", u2.peak, u1.peak, u0.peak);
+            }
+            last = u2.peak;
+        }
     }
 }
