@@ -328,7 +328,15 @@ impl<'g> Reverse<'g> {
                 }
                 Op::Gelu { tanh: false } => {
                     let x = f32s(inp(0).ok_or_else(|| unsupported(&n.op))?)?;
-                    let dx = device_or_cpu(offload, |o| o.gelu_backward(x, &dy), || activation::gelu_backward(x, &dy))?;
+                    let on_device = match offload {
+                        Some(o) => o.gelu_backward(x, &dy)?,
+                        None => None,
+                    };
+                    let dx = on_device.unwrap_or_else(|| {
+                        let mut dx = dy;
+                        activation::gelu_backward_in_place(x, &mut dx);
+                        dx
+                    });
                     send(&mut grads, inp(0), dx, &mut out);
                 }
                 Op::Silu => {

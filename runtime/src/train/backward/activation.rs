@@ -11,20 +11,28 @@ const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 ///
 /// Panics if `x` and `dy` differ in length.
 pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len(), dy.len(), "gelu_backward: x and dy differ in length");
-    use rayon::prelude::*;
-    let mut out = vec![0f32; x.len()];
-    const CHUNK: usize = 1 << 14;
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((o, x), g)| gelu_backward_chunk(x, g, o));
+    let mut out = dy.to_vec();
+    gelu_backward_in_place(x, &mut out);
     out
 }
 
+/// [`gelu_backward`] into `dy`'s own buffer: the backward pass owns each gradient it sends on,
+/// so the widest one of a block (the MLP's, 4× the hidden size) needs no second buffer.
+///
+/// Panics if `x` and `dy` differ in length.
+pub fn gelu_backward_in_place(x: &[f32], dy: &mut [f32]) {
+    assert_eq!(x.len(), dy.len(), "gelu_backward: x and dy differ in length");
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    dy.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| gelu_backward_chunk(x, g));
+}
+
 crate::kernels::simd::multiversion! {
-    fn gelu_backward_chunk(x: &[f32], dy: &[f32], out: &mut [f32]) {
-        for ((o, &x), &g) in out.iter_mut().zip(x).zip(dy) {
+    fn gelu_backward_chunk(x: &[f32], dy: &mut [f32]) {
+        for (g, &x) in dy.iter_mut().zip(x) {
             let cdf = 0.5 * (1.0 + crate::kernels::activation::erf(x * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = INV_SQRT_2PI as f32 * crate::kernels::softmax::exp_shifted(-0.5 * x * x, 0.0);
-            *o = g * (cdf + x * pdf);
+            *g *= cdf + x * pdf;
         }
     }
 }
