@@ -4,8 +4,8 @@
 //! The arithmetic follows ONNX Runtime's unfused path on x86-64 to the bit (one FMA chain per
 //! dot product in increasing index order, the scale applied once to the finished dot product,
 //! the mask added after, its softmax, then P·V as FMA chains over keys in blocks of 256), so
-//! int8 models, which re-quantize the attention output, agree with it exactly. The loops are
-//! written so the innermost one runs over independent outputs and vectorizes.
+//! int8 models, which re-quantize the attention output, agree with it exactly. Both products
+//! run on [`small_gemm`], whose tiles keep each output's FMA chain in that order.
 
 use rayon::prelude::*;
 
@@ -73,8 +73,8 @@ impl Strides {
 /// Keys per P·V accumulation block (ONNX Runtime's SGEMM K-blocking for these shapes).
 const PV_BLOCK: usize = 256;
 
-/// Query rows computed together: independent FMA chains hide the FMA latency.
-const ROWS: usize = 4;
+/// Query rows whose scores are held at once.
+const QCHUNK: usize = 64;
 /// Lanes per vector block (one AVX-512 register of f32).
 const LANES: usize = 16;
 
@@ -92,47 +92,127 @@ fn lanes(src: &[f32], width: usize) -> [f32; LANES] {
     out
 }
 
+/// Rows of one [`small_gemm`] tile.
+const MR: usize = 4;
+/// Columns of one AVX-512 [`small_gemm`] tile: two registers, so a tile keeps eight
+/// independent FMA chains in flight.
+const NR: usize = 32;
+
+/// `c[m×n] (+)= a[m×k]·b[k×n]` for the small blocks of one attention head: `a`'s element
+/// (i, p) is `a[i·ars + p·acs]` (row-major `a`: `(lda, 1)`; a transposed one: `(1, lda)`); `b`
+/// and `c` are row-major with `ldb` and `ldc` elements between rows. Every output is one FMA chain over `p = 0..k` in
+/// increasing order, started from zero and added to `c` once at the end when `accumulate`:
+/// the same bits as a dot product written as FMAs in that order, on every path and tiling.
+///
+/// Panics if a slice is too short for its sizes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn small_gemm(a: &[f32], (ars, acs): (usize, usize), b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, m: usize, k: usize, n: usize, accumulate: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldb >= n && ldc >= n, "small_gemm: a row stride is shorter than its row");
+    assert!(k == 0 || a.len() > (m - 1) * ars + (k - 1) * acs, "small_gemm: a is too short");
+    assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "small_gemm: b is too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "small_gemm: c is too short");
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        // SAFETY: AVX-512F is present, and the asserts above bound every access the kernel makes.
+        unsafe { small_gemm_avx512(a, (ars, acs), b, ldb, c, ldc, m, k, n, accumulate) };
+        return;
+    }
+    small_gemm_portable(a, ars, acs, b, ldb, c, ldc, m, k, n, accumulate);
+}
+
 multiversion! {
-    /// Scores of `rows` query rows against keys `j0..j0+LANES` (clipped to `kv_len`):
-    /// s[r][j] = Σ_d q[r][d]·k[j][d], one FMA chain per score in increasing d.
-    /// `q` holds ROWS rows back to back (`head_dim` each; rows past `rows` are computed and
-    /// ignored); `kt` is Kᵀ, [D][kv_len].
-    fn scores_block(q: &[f32], rows: usize, kt: &[f32], kv_len: usize, j0: usize, head_dim: usize, s: &mut [f32]) {
-        let width = LANES.min(kv_len - j0);
-        let mut acc = [[0f32; LANES]; ROWS];
-        for d in 0..head_dim {
-            let k = lanes(&kt[d * kv_len + j0..], width);
-            for r in 0..ROWS {
-                let qd = q[r * head_dim + d];
-                for l in 0..LANES {
-                    acc[r][l] = qd.mul_add(k[l], acc[r][l]);
+    /// [`small_gemm`] on plain arrays (AVX2 or portable code): 4 rows × 16 columns a tile.
+    #[allow(clippy::too_many_arguments)]
+    fn small_gemm_portable(a: &[f32], ars: usize, acs: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, m: usize, k: usize, n: usize, accumulate: bool) {
+        for i0 in (0..m).step_by(MR) {
+            let rows = MR.min(m - i0);
+            // Rows past `rows` repeat the last one; their sums are computed and dropped.
+            let arow: [usize; MR] = std::array::from_fn(|r| (i0 + r.min(rows - 1)) * ars);
+            for j0 in (0..n).step_by(LANES) {
+                let width = LANES.min(n - j0);
+                let mut acc = [[0f32; LANES]; MR];
+                for p in 0..k {
+                    let bv = lanes(&b[p * ldb + j0..], width);
+                    for r in 0..MR {
+                        let ar = a[arow[r] + p * acs];
+                        for l in 0..LANES {
+                            acc[r][l] = ar.mul_add(bv[l], acc[r][l]);
+                        }
+                    }
+                }
+                for (r, row) in acc.iter().enumerate().take(rows) {
+                    let o = &mut c[(i0 + r) * ldc + j0..(i0 + r) * ldc + j0 + width];
+                    if accumulate {
+                        o.iter_mut().zip(row).for_each(|(o, &x)| *o += x);
+                    } else {
+                        o.copy_from_slice(&row[..width]);
+                    }
                 }
             }
-        }
-        for r in 0..rows {
-            s[r * kv_len + j0..r * kv_len + j0 + width].copy_from_slice(&acc[r][..width]);
         }
     }
 }
 
-multiversion! {
-    /// out[r][t0..t0+LANES] = Σ_j p[r][j]·v[j][t] for the ROWS rows of `p`, over keys `j0..j1`, one FMA chain per output
-    /// in increasing j. `p` holds ROWS rows of `kv_len` (rows past `rows` are computed and
-    /// ignored); V row j starts at `v[j·row_stride]`.
-    #[allow(clippy::too_many_arguments)]
-    fn weighted_block(p: &[f32], kv_len: usize, j0: usize, j1: usize, v: &[f32], row_stride: usize, t0: usize, head_dim: usize, out: &mut [[f32; LANES]; ROWS]) {
-        let width = LANES.min(head_dim - t0);
-        let mut acc = [[0f32; LANES]; ROWS];
-        for j in j0..j1 {
-            let vv = lanes(&v[j * row_stride + t0..], width);
-            for r in 0..ROWS {
-                let pj = p[r * kv_len + j];
-                for l in 0..LANES {
-                    acc[r][l] = pj.mul_add(vv[l], acc[r][l]);
+/// [`small_gemm`] in AVX-512: 4 rows × 32 columns a tile, eight accumulators in registers;
+/// ragged rows repeat the last row, ragged columns are masked.
+///
+/// # Safety
+/// AVX-512F must be present, and the slices must hold what [`small_gemm`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm_avx512(a: &[f32], (ars, acs): (usize, usize), b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, m: usize, k: usize, n: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    let mask = |w: usize| -> __mmask16 { if w >= 16 { 0xffff } else { ((1u32 << w) - 1) as __mmask16 } };
+    for i0 in (0..m).step_by(MR) {
+        let rows = MR.min(m - i0);
+        let arow: [usize; MR] = std::array::from_fn(|r| (i0 + r.min(rows - 1)) * ars);
+        for j0 in (0..n).step_by(NR) {
+            let width = NR.min(n - j0);
+            let (m0, m1) = (mask(width), mask(width.saturating_sub(16)));
+            let z = _mm512_setzero_ps();
+            let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
+            for p in 0..k {
+                // SAFETY: p < k and j0 + width ≤ n: row p of b holds these columns; masked
+                // lanes are not read.
+                unsafe {
+                    let brow = bp.add(p * ldb + j0);
+                    let b0 = _mm512_maskz_loadu_ps(m0, brow);
+                    let b1 = _mm512_maskz_loadu_ps(m1, brow.add(16));
+                    let a0 = _mm512_set1_ps(*ap.add(arow[0] + p * acs));
+                    let a1 = _mm512_set1_ps(*ap.add(arow[1] + p * acs));
+                    let a2 = _mm512_set1_ps(*ap.add(arow[2] + p * acs));
+                    let a3 = _mm512_set1_ps(*ap.add(arow[3] + p * acs));
+                    c00 = _mm512_fmadd_ps(a0, b0, c00);
+                    c01 = _mm512_fmadd_ps(a0, b1, c01);
+                    c10 = _mm512_fmadd_ps(a1, b0, c10);
+                    c11 = _mm512_fmadd_ps(a1, b1, c11);
+                    c20 = _mm512_fmadd_ps(a2, b0, c20);
+                    c21 = _mm512_fmadd_ps(a2, b1, c21);
+                    c30 = _mm512_fmadd_ps(a3, b0, c30);
+                    c31 = _mm512_fmadd_ps(a3, b1, c31);
+                }
+            }
+            let acc = [(c00, c01), (c10, c11), (c20, c21), (c30, c31)];
+            for (r, &(lo, hi)) in acc.iter().enumerate().take(rows) {
+                // SAFETY: row i0 + r < m and columns j0..j0 + width < n of c; masked lanes are
+                // neither read nor written.
+                unsafe {
+                    let o = cp.add((i0 + r) * ldc + j0);
+                    let (lo, hi) = if accumulate {
+                        (_mm512_add_ps(_mm512_maskz_loadu_ps(m0, o), lo), _mm512_add_ps(_mm512_maskz_loadu_ps(m1, o.add(16)), hi))
+                    } else {
+                        (lo, hi)
+                    };
+                    _mm512_mask_storeu_ps(o, m0, lo);
+                    _mm512_mask_storeu_ps(o.add(16), m1, hi);
                 }
             }
         }
-        *out = acc;
     }
 }
 
@@ -192,20 +272,12 @@ pub fn attention_f32(q: Operand<'_>, k: Operand<'_>, v: Operand<'_>, mask: Optio
                     kt[d * kv_len + j] = x;
                 }
             }
-            let mut s = vec![0f32; ROWS * kv_len];
+            let mut s = vec![0f32; QCHUNK.min(q_len) * kv_len];
             let mut causal_row = vec![0f32; kv_len];
             let mut block = vec![0f32; q_len * head_dim];
-            let mut qrows = vec![0f32; ROWS * head_dim];
-            let mut part = [[0f32; LANES]; ROWS];
-            for i0 in (0..q_len).step_by(ROWS) {
-                let rows = ROWS.min(q_len - i0);
-                for r in 0..rows {
-                    let src = q.strides.at(b, h, i0 + r);
-                    qrows[r * head_dim..(r + 1) * head_dim].copy_from_slice(&q.data[src..src + head_dim]);
-                }
-                for j0 in (0..kv_len).step_by(LANES) {
-                    scores_block(&qrows, rows, &kt, kv_len, j0, head_dim, &mut s);
-                }
+            for i0 in (0..q_len).step_by(QCHUNK) {
+                let rows = QCHUNK.min(q_len - i0);
+                small_gemm(&q.data[q.strides.at(b, h, i0)..], (q.strides.row, 1), &kt, kv_len, &mut s, kv_len, rows, head_dim, kv_len, false);
                 for r in 0..rows {
                     let i = i0 + r;
                     let srow = &mut s[r * kv_len..(r + 1) * kv_len];
@@ -229,26 +301,16 @@ pub fn attention_f32(q: Operand<'_>, k: Operand<'_>, v: Operand<'_>, mask: Optio
                     }
                     softmax_row(srow);
                 }
-                for t0 in (0..head_dim).step_by(LANES) {
-                    let width = LANES.min(head_dim - t0);
-                    for (c, j0) in (0..kv_len).step_by(PV_BLOCK).enumerate() {
-                        let j1 = (j0 + PV_BLOCK).min(kv_len);
-                        weighted_block(&s, kv_len, j0, j1, vb, v.strides.row, t0, head_dim, &mut part);
-                        for r in 0..rows {
-                            let o = &mut block[(i0 + r) * head_dim + t0..(i0 + r) * head_dim + t0 + width];
-                            if c == 0 {
-                                o.copy_from_slice(&part[r][..width]);
-                            } else {
-                                // Each further block of keys is added to the running total once.
-                                o.iter_mut().zip(&part[r][..width]).for_each(|(o, &x)| *o += x);
-                            }
-                        }
-                    }
+                // P·V over keys in blocks of PV_BLOCK, each block's sums added to the total once.
+                let out_rows = &mut block[i0 * head_dim..(i0 + rows) * head_dim];
+                for (c, j0) in (0..kv_len).step_by(PV_BLOCK).enumerate() {
+                    let j1 = (j0 + PV_BLOCK).min(kv_len);
+                    small_gemm(&s[j0..], (kv_len, 1), &vb[j0 * v.strides.row..], v.strides.row, out_rows, head_dim, rows, j1 - j0, head_dim, c > 0);
                 }
                 for r in 0..rows {
                     // A fully masked row (softmax NaN): the exporters' IsNaN guard makes it 0.
                     if s[r * kv_len].is_nan() {
-                        block[(i0 + r) * head_dim..(i0 + r + 1) * head_dim].fill(0.0);
+                        out_rows[r * head_dim..(r + 1) * head_dim].fill(0.0);
                     }
                 }
             }
@@ -369,5 +431,41 @@ mod tests {
         );
         assert_eq!(&out[..2], &[0.0, 0.0]);
         assert!((out[2] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn small_gemm_is_one_fma_chain_per_output_on_every_path() {
+        // Each output must equal the FMA chain over p in increasing order, bit for bit, for
+        // row-major and transposed a, ragged tiles in both directions, k = 0, and accumulation;
+        // the AVX-512 and portable paths must agree with it (and so with each other).
+        for &(m, k, n) in &[(1, 1, 1), (4, 32, 32), (5, 7, 33), (64, 32, 64), (3, 0, 17), (9, 64, 16), (2, 5, 48)] {
+            for transposed in [false, true] {
+                for accumulate in [false, true] {
+                    let a = data(m * k.max(1), 3);
+                    let (ars, acs) = if transposed { (1, m) } else { (k, 1) };
+                    let b = data(k.max(1) * (n + 3), 4);
+                    let ldb = n + 3;
+                    let ldc = n + 2;
+                    let start = data(m * ldc, 5);
+                    let mut want = start.clone();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut acc = 0f32;
+                            for p in 0..k {
+                                acc = a[i * ars + p * acs].mul_add(b[p * ldb + j], acc);
+                            }
+                            want[i * ldc + j] = if accumulate { start[i * ldc + j] + acc } else { acc };
+                        }
+                    }
+                    let mut got = start.clone();
+                    small_gemm(&a, (ars, acs), &b, ldb, &mut got, ldc, m, k, n, accumulate);
+                    let mut portable = start.clone();
+                    small_gemm_portable(&a, ars, acs, &b, ldb, &mut portable, ldc, m, k, n, accumulate);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "m={m} k={k} n={n} transposed={transposed} accumulate={accumulate}");
+                    assert_eq!(bits(&portable), bits(&want), "portable: m={m} k={k} n={n} transposed={transposed} accumulate={accumulate}");
+                }
+            }
+        }
     }
 }

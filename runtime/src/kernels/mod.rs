@@ -40,4 +40,4 @@ pub mod softmax;
 mod disjoint;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

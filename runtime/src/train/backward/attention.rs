@@ -175,4 +175,27 @@ mod tests {
         }
         assert!(g.dq.iter().all(|v| v.is_finite()));
     }
+    /// Prints the time of one forward and one backward on MiniLM's shape (16 × 12 heads × 64 ×
+    /// 32) at 1 and 2 threads. Informational only: nothing asserts on time.
+    /// `cargo test --release print_attention_times -- --nocapture`.
+    #[test]
+    fn print_attention_times() {
+        use crate::kernels::testutil::bench_secs;
+        let d = AttentionDims { batch: 16, heads: 12, kv_heads: 12, q_len: 64, kv_len: 64, head_dim: 32 };
+        let mut rng = Rng::new(5);
+        let q = rng.f32s(d.batch * d.heads * d.q_len * d.head_dim, -1.0, 1.0);
+        let k = rng.f32s(q.len(), -1.0, 1.0);
+        let v = rng.f32s(q.len(), -1.0, 1.0);
+        let dout = rng.f32s(q.len(), -1.0, 1.0);
+        let mut m = vec![0f32; d.batch * d.kv_len];
+        m.iter_mut().skip(50).step_by(64).for_each(|x| *x = f32::NEG_INFINITY);
+        let mask = MaskView { data: &m, batch_stride: d.kv_len, head_stride: 0, row_stride: 0 };
+        let case = Case { dims: d, mask: Some(mask), causal: false, scale: 0.17 };
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            let f = pool.install(|| bench_secs(|| drop(case.forward(&q, &k, &v))));
+            let b = pool.install(|| bench_secs(|| drop(attention_backward(&q, &k, &v, case.mask.as_ref(), false, 0.17, &d, &dout))));
+            println!("attention 16x12x64x32 threads={threads}: forward {:.2} ms, backward {:.2} ms", f * 1e3, b * 1e3);
+        }
+    }
 }
