@@ -120,3 +120,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// The allocator the `kilotune` command line ships with: large freed blocks are kept for the
+/// next step (see `kilotune::alloc`).
+#[global_allocator]
+static ALLOC: kilotune::alloc::Global = kilotune::alloc::Global;

@@ -29,6 +29,11 @@ use kilotune::{BackendConfig, BackendKind, LoadOptions, SessionConfig, WeightFor
 
 use crate::error::CliError;
 
+/// Large freed blocks (a training step's activations) are kept for the next step instead of
+/// going back to the operating system: see `kilotune::alloc`.
+#[global_allocator]
+static ALLOC: kilotune::alloc::Global = kilotune::alloc::Global;
+
 /// Run transformer models from ONNX on the CPU.
 #[derive(Parser, Debug)]
 #[command(

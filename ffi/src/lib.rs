@@ -14,6 +14,12 @@
 #![allow(non_camel_case_types)]
 
 pub mod boundary;
+
+/// With the `block-cache` feature: large freed blocks are kept for reuse (see
+/// `kilotune::alloc`). The library's own allocations only; the app's are its business.
+#[cfg(feature = "block-cache")]
+#[global_allocator]
+static ALLOC: kilotune::alloc::Global = kilotune::alloc::Global;
 pub mod c;
 pub mod core;
 #[cfg(feature = "jni")]

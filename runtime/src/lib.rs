@@ -10,6 +10,7 @@
 //! # Ok::<(), kilotune::Error>(())
 //! ```
 
+pub mod alloc;
 pub mod backend;
 pub mod base;
 pub mod delta;

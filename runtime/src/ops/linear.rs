@@ -11,7 +11,7 @@ use super::linear_patch::{scale_rows, LinearPatch};
 use super::shape_err;
 use crate::error::Result;
 use crate::kernels::gemm_f32::{matmul_f32, matmul_f32_bt};
-use crate::kernels::gemm_i8::{gemm_u8i8, PackedI8};
+use crate::kernels::gemm_i8::{gemm_u8i8_new, PackedI8};
 use crate::kernels::quantize::quantize_dynamic_u8;
 use crate::tensor::{shape_of, Tensor};
 
@@ -149,9 +149,9 @@ impl Linear {
     pub fn core(&self, v: &[f32]) -> Vec<f32> {
         let k = self.k;
         let m = v.len() / k.max(1);
-        let mut out = vec![0f32; m * self.n];
-        match &self.weight {
+        let mut out = match &self.weight {
             LinearWeight::F32(w) => {
+                let mut out = vec![0f32; m * self.n];
                 if let Some(b) = &self.bias {
                     // Seed the output with the bias and accumulate: saves a pass over it.
                     for row in out.chunks_exact_mut(self.n) {
@@ -161,13 +161,14 @@ impl Linear {
                 } else {
                     matmul_f32(v, w, &mut out, m, k, self.n, false);
                 }
+                out
             }
             LinearWeight::I8(w) => {
                 let mut q = vec![0u8; v.len()];
                 let (scale, zp) = quantize_dynamic_u8(v, &mut q);
-                gemm_u8i8(&q, m, scale, zp, w, self.bias.as_deref().map(|b| b.as_slice()), &mut out);
+                gemm_u8i8_new(&q, m, scale, zp, w, self.bias.as_deref().map(|b| b.as_slice()))
             }
-        }
+        };
         if let Some(lora) = &self.lora {
             // Side path: t = (x·Aᵀ)·scale, then y += t·Bᵀ. Scaling the rank-r intermediate is
             // the cheapest place for it.

@@ -40,8 +40,10 @@ pub struct Pieces {
 /// and fragment. On MiniLM that adds 40–60 MiB to a step's peak RSS. Trimming after each step
 /// costs the next step about 14 k page faults (5–20% of the step here), so the trainer does it
 /// only when the caller set a memory budget. Elsewhere than glibc (bionic, Apple's libc, musl)
-/// this does nothing.
+/// this does nothing. Blocks kept by [`crate::alloc::Global`], where that is the allocator,
+/// are freed first, so they are trimmed too.
 pub fn release_freed_heap() {
+    crate::alloc::release();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         extern "C" {

@@ -10,7 +10,7 @@
 //!
 //! Frozen weights (f32 or int8) never receive a gradient: only the input gradient flows through
 //! them, as in candle and burn. Through an int8 weight it is the dequantized weight's gradient,
-//! computed on AMX-BF16 from the integers themselves where the CPU has it
+//! computed on AMX-BF16 or AVX-512 BF16 from the integers themselves where the CPU has either
 //! ([`backward::linear::frozen_input_grad`]).
 
 pub mod backward;

@@ -34,6 +34,7 @@ mod x86;
 #[cfg(test)]
 mod tests;
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use self::pack::{Block, Geometry, GROUP, PANEL};
@@ -199,7 +200,8 @@ pub(crate) struct Epilogue<'a> {
     pub(crate) col0: usize,
     pub(crate) cols: usize,
     pub(crate) ctx: &'a Prepared<'a>,
-    pub(crate) out: &'a DisjointOut<'a, f32>,
+    /// Written, never read: it may start uninitialized (see [`gemm_u8i8_new`]).
+    pub(crate) out: &'a DisjointOut<'a, MaybeUninit<f32>>,
 }
 
 /// The shared epilogue, compiled by each kernel under its target features.
@@ -226,13 +228,13 @@ pub(crate) unsafe fn epilogue_body(e: Epilogue<'_>) {
             Some(b) => {
                 for j in 0..n {
                     let v = acc[j].wrapping_add(col_corr[j]).wrapping_add(row_corr);
-                    out[j] = v as f32 * cs[j] + b[j];
+                    out[j].write(v as f32 * cs[j] + b[j]);
                 }
             }
             None => {
                 for j in 0..n {
                     let v = acc[j].wrapping_add(col_corr[j]).wrapping_add(row_corr);
-                    out[j] = v as f32 * cs[j];
+                    out[j].write(v as f32 * cs[j]);
                 }
             }
         }
@@ -322,8 +324,8 @@ pub fn selected_kernel() -> &'static str {
 
 /// The input gradient `dx[m×k] = dy[m×n] · Wᵀ` of the dequantized weight, with
 /// the integer weight used as it is (exact in bf16) and `dy · scale` rounded to
-/// bf16, on AMX-BF16 (`backward.rs`). `None` where the CPU has none: the caller
-/// then multiplies by the dequantized f32 weight.
+/// bf16, on AMX-BF16 or AVX-512 BF16 (`backward.rs`). `None` where the CPU has
+/// neither: the caller then multiplies by the dequantized f32 weight.
 pub(crate) fn input_grad_bf16(w: &PackedI8, dy: &[f32], m: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     return backward::input_grad(w, dy, m);
@@ -345,6 +347,26 @@ pub fn gemm_u8i8(xq: &[u8], m: usize, x_scale: f32, x_zp: u8, w: &PackedI8, bias
     gemm_u8i8_with(selected(), xq, m, x_scale, x_zp, w, bias, out);
 }
 
+/// [`gemm_u8i8`] into a new m×N vector, which is not zeroed first: the
+/// product writes every element (a pass over the output saved, 6 MB for
+/// MiniLM's feed-forward layer at batch 16 × 64).
+pub fn gemm_u8i8_new(xq: &[u8], m: usize, x_scale: f32, x_zp: u8, w: &PackedI8, bias: Option<&[f32]>) -> Vec<f32> {
+    let len = m * w.n();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    gemm_uninit(selected(), xq, m, x_scale, x_zp, w, bias, &mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `gemm_uninit` writes all m×N elements it is given (`run` covers every row
+    // and column with an epilogue; m = 0 or N = 0 leaves nothing to write).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// An initialized slice seen as one that is only written: sound, since nothing can write an
+/// uninitialized value through a `MaybeUninit<f32>` the kernels only `write`.
+fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same size and alignment; see above for why no uninitialized value gets in.
+    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
 /// [`gemm_u8i8`] with an explicit kernel (tests and benchmarks).
 ///
 /// Panics if `kernel` is not available on this CPU.
@@ -358,6 +380,21 @@ pub(crate) fn gemm_u8i8_with(
     w: &PackedI8,
     bias: Option<&[f32]>,
     out: &mut [f32],
+) {
+    gemm_uninit(kernel, xq, m, x_scale, x_zp, w, bias, as_uninit(out));
+}
+
+/// The product into `out`, every element of which it writes.
+#[allow(clippy::too_many_arguments)]
+fn gemm_uninit(
+    kernel: KernelKind,
+    xq: &[u8],
+    m: usize,
+    x_scale: f32,
+    x_zp: u8,
+    w: &PackedI8,
+    bias: Option<&[f32]>,
+    out: &mut [MaybeUninit<f32>],
 ) {
     assert_eq!(xq.len(), m * w.k(), "xq must be m×k");
     assert_eq!(out.len(), m * w.n(), "out must be m×n");
@@ -421,7 +458,8 @@ pub(crate) struct Prepared<'a> {
     bias: Option<&'a [f32]>,
 }
 
-fn run<K: Kernel>(p: Problem<'_>, out: &mut [f32]) {
+/// Writes every element of `out` (m×n).
+fn run<K: Kernel>(p: Problem<'_>, out: &mut [MaybeUninit<f32>]) {
     let geo = p.w.geo;
     let (m, n, k) = (p.m, geo.n, geo.k);
     // Kernels read whole 4-byte groups; when K is not a multiple of 4 copy
@@ -519,7 +557,7 @@ unsafe fn run_task<K: Kernel>(
     r1: usize,
     p0: usize,
     p1: usize,
-    out: &DisjointOut<'_, f32>,
+    out: &DisjointOut<'_, MaybeUninit<f32>>,
 ) {
     let geo = p.geo;
     let ldacc = (p1 - p0) * PANEL;

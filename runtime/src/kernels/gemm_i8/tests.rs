@@ -109,6 +109,21 @@ fn extremes_saturate_nothing() {
 }
 
 #[test]
+fn the_new_vector_product_equals_the_one_into_a_buffer() {
+    let mut rng = Rng::new(11);
+    for &(m, k, n) in &[(1usize, 4usize, 16usize), (37, 45, 70), (64, 384, 1536), (0, 8, 8), (3, 0, 5), (3, 8, 0)] {
+        let (x, w) = (rng.u8s(m * k), rng.i8s(k * n));
+        let packed = PackedI8::new(&w, k, n, &rng.f32s(n, 1e-3, 0.1), -2);
+        let bias = rng.f32s(n, -1.0, 1.0);
+        let mut want = vec![f32::NAN; m * n];
+        gemm_u8i8(&x, m, 0.02, 9, &packed, Some(&bias), &mut want);
+        let got = gemm_u8i8_new(&x, m, 0.02, 9, &packed, Some(&bias));
+        assert_eq!(got.len(), m * n);
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{m}×{k}×{n}");
+    }
+}
+
+#[test]
 fn empty_shapes() {
     for kernel in KernelKind::available() {
         let p = PackedI8::new(&[], 0, 5, &[0.5; 5], 3);

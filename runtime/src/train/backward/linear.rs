@@ -25,7 +25,7 @@ pub fn linear_backward(w_kn: &[f32], k: usize, n: usize, dy: &[f32]) -> Vec<f32>
 }
 
 /// Input gradient of a frozen `Linear` as its weight is stored. An f32 weight goes through
-/// [`linear_backward`]. An int8 weight, where the CPU has AMX-BF16, multiplies its integers
+/// [`linear_backward`]. An int8 weight, where the CPU has AMX-BF16 or AVX-512 BF16, multiplies its integers
 /// (exact in bf16) by `dy · scale` rounded to bf16, with f32 sums: the weight loses nothing,
 /// `dy` keeps 8 significant bits (PyTorch's bf16 autocast rounds the same product), and no
 /// f32 copy of the weight is made. Elsewhere it goes through the dequantized f32 weight.
