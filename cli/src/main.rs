@@ -7,6 +7,7 @@
 
 mod data;
 mod delta;
+mod alloc;
 mod compare;
 mod demo;
 mod embed;
@@ -28,11 +29,6 @@ use clap::{Args, Parser, Subcommand};
 use kilotune::{BackendConfig, BackendKind, LoadOptions, SessionConfig, WeightFormat};
 
 use crate::error::CliError;
-
-/// Large freed blocks (a training step's activations) are kept for the next step instead of
-/// going back to the operating system: see `kilotune::alloc`.
-#[global_allocator]
-static ALLOC: kilotune::alloc::Global = kilotune::alloc::Global;
 
 /// Run transformer models from ONNX on the CPU.
 #[derive(Parser, Debug)]
